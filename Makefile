@@ -1,0 +1,113 @@
+# finetunerd — one top-level Makefile. Objects in build/, -MMD -MP dependencies,
+# pkg-config for every library, quiet unless V=1.
+#
+#   make            build/finetunerd, build/finetuner, build/libfinetuner.{a,so}
+#   make deps       install what is missing with apt (non-interactive)
+#   make test       build and run every Criterion test binary
+#   make asan       the same tests under ASan+UBSan (build-asan/)
+#   make demo       the main job: Fashion-MNIST through the daemon
+#   make bench      benchmarks, printed as ratios to an sgemm floor
+
+CC      ?= gcc
+BUILD   ?= build
+PKGS    := libmicrohttpd jansson sqlite3 openblas libcurl zlib
+OPT     ?= -O2 -g
+SAN     ?=
+CFLAGS  := $(OPT) $(SAN) -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Wshadow \
+           -fPIC -Icommon -Iserver -Iclient -Itests
+CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+TEST_LDLIBS := $(shell pkg-config --libs criterion 2>/dev/null)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+COMMON_SRC := $(wildcard common/*.c)
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+CLIENT_LIB_SRC := $(filter-out client/cli.c,$(wildcard client/*.c))
+TEST_SUPPORT_SRC := $(wildcard tests/support/*.c)
+TEST_SRC   := $(wildcard tests/*/test_*.c)
+
+COMMON_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+CLIENT_LIB_OBJ := $(CLIENT_LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_SUPPORT_OBJ := $(TEST_SUPPORT_SRC:%.c=$(BUILD)/%.o)
+TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+
+.PHONY: all deps test asan demo bench clean format-check
+all: $(BUILD)/finetunerd $(BUILD)/finetuner $(BUILD)/libfinetuner.a $(BUILD)/libfinetuner.so
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libftcommon.a: $(COMMON_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libftserver.a: $(SERVER_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/finetunerd: $(BUILD)/server/main.o $(BUILD)/libftserver.a $(BUILD)/libftcommon.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libfinetuner.a: $(CLIENT_LIB_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libfinetuner.so: $(CLIENT_LIB_OBJ)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(SAN) -shared -o $@ $^ $(LDLIBS)
+
+$(BUILD)/finetuner: $(BUILD)/client/cli.o $(BUILD)/libfinetuner.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# One binary per tests/<area>/test_<name>.c, linked with everything it may need.
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libftserver.a $(BUILD)/libfinetuner.a $(BUILD)/libftcommon.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LDLIBS)
+
+tests: $(TEST_BIN) all
+
+# deps: install what is missing with apt (non-interactive); nothing when all is there.
+DEB_PKGS := build-essential libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev \
+            libcriterion-dev libcurl4-openssl-dev zlib1g-dev pkg-config dataset-fashion-mnist curl
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# test: build first (after deps, so pkg-config sees the libraries), then run every binary.
+test: deps
+	$(Q)$(MAKE) --no-print-directory tests
+	$(Q)BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
+
+asan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1 -g" \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" tests
+	$(Q)BUILD=build-asan ASAN=1 sh tests/run.sh $(patsubst $(BUILD)/%,build-asan/%,$(TEST_BIN))
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)sh deploy/demo.sh
+
+bench: deps
+	$(Q)$(MAKE) --no-print-directory all $(BUILD)/bench
+	$(Q)$(BUILD)/bench
+
+clean:
+	rm -rf build build-asan
+
+format-check:
+	clang-format --dry-run --Werror common/*.[ch] server/*.[ch] client/*.[ch]
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,509 @@
+/* runspec.c — strict parsing of the run config into struct ft_run_config plus the normalised
+ * JSON (every default filled in). Each section is checked for unknown keys first, so a typo is
+ * a 400 naming the key rather than a silently ignored option. */
+#include "runspec.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define P(buf, ...) snprintf(buf, sizeof buf, __VA_ARGS__)
+
+/* Reject keys of obj not in allowed (NULL-terminated). */
+static enum ft_err check_keys(json_t *obj, const char *const *allowed, const char *path,
+                              struct ft_error *err)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        int ok = 0;
+        for (int i = 0; allowed[i]; i++)
+            ok |= strcmp(key, allowed[i]) == 0;
+        if (!ok) {
+            char p[256];
+            P(p, "%s.%s", path, key);
+            return ft_error_set(err, FT_EINVAL, p, "unknown field '%s' in %s", key, path);
+        }
+    }
+    (void)v;
+    return FT_OK;
+}
+
+/* obj[key] as an object (NULL when absent or null); FT_EINVAL when another type. */
+static enum ft_err get_object(json_t *obj, const char *key, const char *path, json_t **out,
+                              struct ft_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return FT_OK;
+    if (!json_is_object(v)) {
+        char p[256];
+        P(p, "%s.%s", path, key);
+        return ft_error_set(err, FT_EINVAL, p, "%s must be an object", p);
+    }
+    *out = v;
+    return FT_OK;
+}
+
+static enum ft_err get_string(json_t *obj, const char *key, const char *path, char *dst, size_t cap,
+                              int required, struct ft_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[256];
+    P(p, "%s.%s", path, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return ft_error_set(err, FT_EINVAL, p, "%s is required", p);
+        return FT_OK;
+    }
+    if (!json_is_string(v))
+        return ft_error_set(err, FT_EINVAL, p, "%s must be a string", p);
+    if (json_string_length(v) == 0 || json_string_length(v) >= cap)
+        return ft_error_set(err, FT_EINVAL, p, "%s must be 1 to %zu characters", p, cap - 1);
+    snprintf(dst, cap, "%s", json_string_value(v));
+    return FT_OK;
+}
+
+/* A number in [lo, hi] (inclusive); absent keeps *dst. */
+static enum ft_err get_number(json_t *obj, const char *key, const char *path, double lo, double hi,
+                              double *dst, struct ft_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[256];
+    if (!v || json_is_null(v))
+        return FT_OK;
+    P(p, "%s.%s", path, key);
+    if (!json_is_number(v))
+        return ft_error_set(err, FT_EINVAL, p, "%s must be a number", p);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi)
+        return ft_error_set(err, FT_EINVAL, p, "%s must be in [%g, %g], got %g", p, lo, hi, x);
+    *dst = x;
+    return FT_OK;
+}
+
+static enum ft_err get_int(json_t *obj, const char *key, const char *path, long lo, long hi,
+                           int *dst, struct ft_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[256];
+    if (!v || json_is_null(v))
+        return FT_OK;
+    P(p, "%s.%s", path, key);
+    if (!json_is_integer(v))
+        return ft_error_set(err, FT_EINVAL, p, "%s must be an integer", p);
+    json_int_t x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return ft_error_set(err, FT_EINVAL, p, "%s must be in [%ld, %ld], got %lld", p, lo, hi,
+                            (long long)x);
+    *dst = (int)x;
+    return FT_OK;
+}
+
+static enum ft_err get_bool(json_t *obj, const char *key, const char *path, int *dst,
+                            struct ft_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    char p[256];
+    if (!v || json_is_null(v))
+        return FT_OK;
+    P(p, "%s.%s", path, key);
+    if (!json_is_boolean(v))
+        return ft_error_set(err, FT_EINVAL, p, "%s must be true or false", p);
+    *dst = json_is_true(v);
+    return FT_OK;
+}
+
+#define TRY(x)                \
+    do {                      \
+        enum ft_err e_ = (x); \
+        if (e_ != FT_OK)      \
+            return e_;        \
+    } while (0)
+
+static enum ft_err parse_mlp_options(json_t *opts, struct ft_mlp_config *mlp, struct ft_error *err)
+{
+    static const char *const keys[] = {"input_size", "hidden_sizes", "bias",
+                                       "activation", "l2",           NULL};
+    const char *path = "config.model.options";
+    memset(mlp, 0, sizeof *mlp);
+    mlp->bias = 1;
+    mlp->activation = FT_ACT_RELU;
+    mlp->l2 = 0;
+    mlp->num_hidden = 2;
+    mlp->hidden_sizes[0] = 256;
+    mlp->hidden_sizes[1] = 128;
+    if (!opts)
+        return FT_OK;
+    TRY(check_keys(opts, keys, path, err));
+    TRY(get_int(opts, "input_size", path, 1, 1 << 20, &mlp->input_size, err));
+    TRY(get_bool(opts, "bias", path, &mlp->bias, err));
+    TRY(get_bool(opts, "l2", path, &mlp->l2, err));
+    json_t *hs = json_object_get(opts, "hidden_sizes");
+    if (hs && !json_is_null(hs)) {
+        size_t n = json_array_size(hs);
+        if (!json_is_array(hs) || n == 0 || n > FT_MLP_MAX_LAYERS)
+            return ft_error_set(err, FT_EINVAL, "config.model.options.hidden_sizes",
+                                "hidden_sizes must be a list of 1 to %d positive integers",
+                                FT_MLP_MAX_LAYERS);
+        for (size_t i = 0; i < n; i++) {
+            json_t *v = json_array_get(hs, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65536)
+                return ft_error_set(err, FT_EINVAL, "config.model.options.hidden_sizes",
+                                    "hidden_sizes[%zu] must be an integer in [1, 65536]", i);
+            mlp->hidden_sizes[i] = (int)json_integer_value(v);
+        }
+        mlp->num_hidden = (int)n;
+    }
+    json_t *act = json_object_get(opts, "activation");
+    if (act && !json_is_null(act)) {
+        const char *a = json_string_value(act);
+        if (a && strcmp(a, "relu") == 0)
+            mlp->activation = FT_ACT_RELU;
+        else if (a && strcmp(a, "none") == 0)
+            mlp->activation = FT_ACT_NONE;
+        else
+            return ft_error_set(err, FT_EINVAL, "config.model.options.activation",
+                                "activation must be \"relu\", \"none\" or null");
+    } else if (act) {
+        mlp->activation = FT_ACT_NONE;
+    }
+    return FT_OK;
+}
+
+static enum ft_err parse_model(json_t *model, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const keys[] = {"name", "options", "output_dim", "freeze", NULL};
+    json_t *opts;
+    if (!model)
+        return ft_error_set(err, FT_EINVAL, "config.model", "config.model is required");
+    TRY(check_keys(model, keys, "config.model", err));
+    TRY(get_string(model, "name", "config.model", c->model_name, sizeof c->model_name, 1, err));
+    if (strcmp(c->model_name, "mlp") != 0)
+        return ft_error_set(err, FT_EINVAL, "config.model.name", "unknown model '%s' (known: mlp)",
+                            c->model_name);
+    TRY(get_object(model, "options", "config.model", &opts, err));
+    TRY(parse_mlp_options(opts, &c->mlp, err));
+    TRY(get_int(model, "output_dim", "config.model", 1, 65536, &c->output_dim, err));
+    TRY(get_bool(model, "freeze", "config.model", &c->freeze, err));
+    if (c->freeze && !c->output_dim)
+        return ft_error_set(err, FT_EINVAL, "config.model.freeze",
+                            "freeze trains only the projection head: set model.output_dim too");
+    return FT_OK;
+}
+
+static enum ft_err parse_data(json_t *data, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const keys[] = {"train_data", "eval_data", "val_split",
+                                       "num_items_per_class", NULL};
+    if (!data)
+        return ft_error_set(err, FT_EINVAL, "config.data.train_data",
+                            "config.data.train_data is required");
+    TRY(check_keys(data, keys, "config.data", err));
+    TRY(get_string(data, "train_data", "config.data", c->train_data, sizeof c->train_data, 1, err));
+    TRY(get_string(data, "eval_data", "config.data", c->eval_data, sizeof c->eval_data, 0, err));
+    TRY(get_number(data, "val_split", "config.data", 0.0, 0.99, &c->val_split, err));
+    TRY(get_int(data, "num_items_per_class", "config.data", 2, 1024, &c->num_items_per_class, err));
+    if (c->eval_data[0] && c->val_split > 0)
+        return ft_error_set(err, FT_EINVAL, "config.data.val_split",
+                            "val_split holds out part of train_data for val_loss; it cannot be "
+                            "combined with eval_data");
+    return FT_OK;
+}
+
+static enum ft_err parse_loss(json_t *hp, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const loss_keys[] = {"margin", "distance", "normalize_embeddings", NULL};
+    static const char *const miner_keys[] = {"margin", "type_of_triplets", NULL};
+    const char *lp = "config.hyper_parameters.loss_options";
+    const char *mp = "config.hyper_parameters.miner_options";
+    json_t *lo, *mo;
+    TRY(get_string(hp, "loss", "config.hyper_parameters", c->loss, sizeof c->loss, 0, err));
+    if (strcmp(c->loss, "TripletMarginLoss") != 0)
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.loss",
+                            "unknown loss '%s' (known: TripletMarginLoss)", c->loss);
+    TRY(get_object(hp, "loss_options", "config.hyper_parameters", &lo, err));
+    if (lo) {
+        char dist[32] = "";
+        TRY(check_keys(lo, loss_keys, lp, err));
+        TRY(get_number(lo, "margin", lp, 0.0, 100.0, &c->triplet.margin, err));
+        TRY(get_string(lo, "distance", lp, dist, sizeof dist, 0, err));
+        TRY(get_bool(lo, "normalize_embeddings", lp, &c->triplet.normalize_embeddings, err));
+        if (strcmp(dist, "cosine") == 0)
+            c->triplet.distance = FT_DIST_COSINE;
+        else if (strcmp(dist, "euclidean") == 0)
+            c->triplet.distance = FT_DIST_EUCLIDEAN;
+        else if (dist[0])
+            return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.loss_options.distance",
+                                "distance must be \"cosine\" or \"euclidean\"");
+    }
+    TRY(get_string(hp, "miner", "config.hyper_parameters", c->miner, sizeof c->miner, 0, err));
+    if (c->miner[0] && strcmp(c->miner, "TripletMarginMiner") != 0)
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.miner",
+                            "unknown miner '%s' (known: TripletMarginMiner)", c->miner);
+    c->triplet.use_miner = c->miner[0] != '\0';
+    TRY(get_object(hp, "miner_options", "config.hyper_parameters", &mo, err));
+    if (mo && !c->triplet.use_miner)
+        return ft_error_set(err, FT_EINVAL, mp, "miner_options given without a miner");
+    if (mo) {
+        char type[32] = "";
+        TRY(check_keys(mo, miner_keys, mp, err));
+        TRY(get_number(mo, "margin", mp, 0.0, 100.0, &c->triplet.miner_margin, err));
+        TRY(get_string(mo, "type_of_triplets", mp, type, sizeof type, 0, err));
+        static const char *const types[] = {"all", "hard", "semihard", "easy"};
+        int found = type[0] == '\0';
+        for (int i = 0; i < 4 && !found; i++) {
+            if (strcmp(type, types[i]) == 0) {
+                c->triplet.type = (enum ft_triplet_type)i;
+                found = 1;
+            }
+        }
+        if (!found)
+            return ft_error_set(err, FT_EINVAL,
+                                "config.hyper_parameters.miner_options.type_of_triplets",
+                                "type_of_triplets must be all, hard, semihard or easy");
+    }
+    return FT_OK;
+}
+
+static enum ft_err parse_optimizer(json_t *hp, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const adam_keys[] = {"betas", "eps", "weight_decay", NULL};
+    static const char *const sgd_keys[] = {"momentum", "nesterov", "weight_decay", NULL};
+    const char *op = "config.hyper_parameters.optimizer_options";
+    json_t *oo;
+    TRY(get_string(hp, "optimizer", "config.hyper_parameters", c->optimizer, sizeof c->optimizer, 0,
+                   err));
+    if (strcmp(c->optimizer, "Adam") == 0)
+        ft_optim_opts_default(&c->optim, FT_OPTIM_ADAM);
+    else if (strcmp(c->optimizer, "SGD") == 0)
+        ft_optim_opts_default(&c->optim, FT_OPTIM_SGD);
+    else
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer",
+                            "unknown optimizer '%s' (known: Adam, SGD)", c->optimizer);
+    TRY(get_object(hp, "optimizer_options", "config.hyper_parameters", &oo, err));
+    if (!oo)
+        return FT_OK;
+    TRY(check_keys(oo, c->optim.kind == FT_OPTIM_ADAM ? adam_keys : sgd_keys, op, err));
+    TRY(get_number(oo, "weight_decay", op, 0.0, 10.0, &c->optim.weight_decay, err));
+    TRY(get_number(oo, "eps", op, 0.0, 1.0, &c->optim.eps, err));
+    TRY(get_number(oo, "momentum", op, 0.0, 1.0, &c->optim.momentum, err));
+    TRY(get_bool(oo, "nesterov", op, &c->optim.nesterov, err));
+    json_t *betas = json_object_get(oo, "betas");
+    if (betas) {
+        json_t *b1 = json_array_get(betas, 0), *b2 = json_array_get(betas, 1);
+        if (json_array_size(betas) != 2 || !json_is_number(b1) || !json_is_number(b2) ||
+            json_number_value(b1) < 0 || json_number_value(b1) >= 1 || json_number_value(b2) < 0 ||
+            json_number_value(b2) >= 1)
+            return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer_options.betas",
+                                "betas must be [beta1, beta2], each in [0, 1)");
+        c->optim.beta1 = json_number_value(b1);
+        c->optim.beta2 = json_number_value(b2);
+    }
+    if (c->optim.nesterov && c->optim.momentum <= 0)
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer_options.nesterov",
+                            "nesterov needs momentum > 0");
+    return FT_OK;
+}
+
+static enum ft_err parse_hyper(json_t *hp, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const keys[] = {"loss",          "loss_options",
+                                       "miner",         "miner_options",
+                                       "optimizer",     "optimizer_options",
+                                       "learning_rate", "epochs",
+                                       "batch_size",    NULL};
+    const char *path = "config.hyper_parameters";
+    json_t *empty = json_object();
+    if (!hp)
+        hp = empty;
+    enum ft_err e = check_keys(hp, keys, path, err);
+    if (e == FT_OK)
+        e = parse_loss(hp, c, err);
+    if (e == FT_OK)
+        e = parse_optimizer(hp, c, err);
+    if (e == FT_OK)
+        e = get_number(hp, "learning_rate", path, 1e-12, 10.0, &c->learning_rate, err);
+    if (e == FT_OK)
+        e = get_int(hp, "epochs", path, 1, 10000, &c->epochs, err);
+    if (e == FT_OK)
+        e = get_int(hp, "batch_size", path, 2, 65536, &c->batch_size, err);
+    json_decref(empty);
+    if (e == FT_OK && c->batch_size % c->num_items_per_class != 0)
+        e = ft_error_set(err, FT_EINVAL, "config.hyper_parameters.batch_size",
+                         "batch_size (%d) must be a multiple of data.num_items_per_class (%d)",
+                         c->batch_size, c->num_items_per_class);
+    return e;
+}
+
+static void set_defaults(struct ft_run_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->loss, sizeof c->loss, "TripletMarginLoss");
+    ft_triplet_opts_default(&c->triplet);
+    snprintf(c->optimizer, sizeof c->optimizer, "Adam");
+    ft_optim_opts_default(&c->optim, FT_OPTIM_ADAM);
+    c->learning_rate = 1e-3;
+    c->epochs = 5;
+    c->batch_size = 128;
+    c->num_items_per_class = 4;
+    c->seed = 42;
+}
+
+static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
+{
+    static const char *const dist[] = {"cosine", "euclidean"};
+    static const char *const types[] = {"all", "hard", "semihard", "easy"};
+    json_t *hs = json_array();
+    for (int i = 0; i < c->mlp.num_hidden; i++)
+        json_array_append_new(hs, json_integer(c->mlp.hidden_sizes[i]));
+    json_t *model =
+        json_pack("{s:s, s:{s:o, s:o, s:b, s:s?, s:b}, s:o, s:b}", "name", c->model_name, "options",
+                  "input_size", c->mlp.input_size ? json_integer(c->mlp.input_size) : json_null(),
+                  "hidden_sizes", hs, "bias", c->mlp.bias, "activation",
+                  c->mlp.activation == FT_ACT_RELU ? "relu" : NULL, "l2", c->mlp.l2, "output_dim",
+                  c->output_dim ? json_integer(c->output_dim) : json_null(), "freeze", c->freeze);
+    json_t *data = json_pack("{s:s, s:s?, s:f, s:i}", "train_data", c->train_data, "eval_data",
+                             c->eval_data[0] ? c->eval_data : NULL, "val_split", c->val_split,
+                             "num_items_per_class", c->num_items_per_class);
+    json_t *loss_opts =
+        json_pack("{s:f, s:s}", "margin", c->triplet.margin, "distance", dist[c->triplet.distance]);
+    if (c->triplet.distance == FT_DIST_EUCLIDEAN)
+        json_object_set_new(loss_opts, "normalize_embeddings",
+                            json_boolean(c->triplet.normalize_embeddings));
+    json_t *miner_opts = c->triplet.use_miner
+                             ? json_pack("{s:f, s:s}", "margin", c->triplet.miner_margin,
+                                         "type_of_triplets", types[c->triplet.type])
+                             : json_null();
+    json_t *opt_opts;
+    if (c->optim.kind == FT_OPTIM_ADAM)
+        opt_opts = json_pack("{s:[f,f], s:f, s:f}", "betas", c->optim.beta1, c->optim.beta2, "eps",
+                             c->optim.eps, "weight_decay", c->optim.weight_decay);
+    else
+        opt_opts = json_pack("{s:f, s:b, s:f}", "momentum", c->optim.momentum, "nesterov",
+                             c->optim.nesterov, "weight_decay", c->optim.weight_decay);
+    json_t *hp =
+        json_pack("{s:s, s:o, s:s?, s:o, s:s, s:o, s:f, s:i, s:i}", "loss", c->loss, "loss_options",
+                  loss_opts, "miner", c->miner[0] ? c->miner : NULL, "miner_options", miner_opts,
+                  "optimizer", c->optimizer, "optimizer_options", opt_opts, "learning_rate",
+                  c->learning_rate, "epochs", c->epochs, "batch_size", c->batch_size);
+    json_t *cbs = json_object_get(config, "callbacks");
+    return json_pack("{s:o, s:o, s:o, s:O, s:I}", "model", model, "data", data, "hyper_parameters",
+                     hp, "callbacks", cbs ? cbs : json_array(), "seed", (json_int_t)c->seed);
+}
+
+static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const keys[] = {"model",     "data", "hyper_parameters",
+                                       "callbacks", "seed", NULL};
+    json_t *model, *data, *hp;
+    if (!json_is_object(config))
+        return ft_error_set(err, FT_EINVAL, "config", "config must be an object");
+    TRY(check_keys(config, keys, "config", err));
+    TRY(get_object(config, "model", "config", &model, err));
+    TRY(get_object(config, "data", "config", &data, err));
+    TRY(get_object(config, "hyper_parameters", "config", &hp, err));
+    TRY(parse_model(model, c, err));
+    TRY(parse_data(data, c, err));
+    TRY(parse_hyper(hp, c, err));
+    json_t *seed = json_object_get(config, "seed");
+    if (seed && !json_is_null(seed)) {
+        if (!json_is_integer(seed) || json_integer_value(seed) < 0)
+            return ft_error_set(err, FT_EINVAL, "config.seed",
+                                "seed must be a non-negative integer");
+        c->seed = (uint64_t)json_integer_value(seed);
+    }
+    json_t *cbs = json_object_get(config, "callbacks");
+    if (cbs && !json_is_null(cbs) && !json_is_array(cbs))
+        return ft_error_set(err, FT_EINVAL, "config.callbacks", "callbacks must be a list");
+    enum ft_err e = ft_callbacks_parse(cbs && json_is_array(cbs) ? cbs : NULL, &c->callbacks, err);
+    if (e != FT_OK) {
+        if (err) {
+            char p[sizeof err->param];
+            snprintf(p, sizeof p, "config.%.119s", err->param);
+            snprintf(err->param, sizeof err->param, "%s", p);
+        }
+        return e;
+    }
+    return ft_run_config_check_monitors(c, config, err);
+}
+
+enum ft_err ft_run_config_parse(json_t *config, struct ft_run_config *out, json_t **normalized,
+                                struct ft_error *err)
+{
+    set_defaults(out);
+    if (normalized)
+        *normalized = NULL;
+    TRY(parse_all(config, out, err));
+    if (normalized) {
+        *normalized = normalized_json(out, config);
+        if (!*normalized)
+            return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    }
+    return FT_OK;
+}
+
+static int add_name(const char **names, int n, int cap, const char *name)
+{
+    if (!name || !name[0] || n >= cap)
+        return n;
+    for (int i = 0; i < n; i++)
+        if (strcmp(names[i], name) == 0)
+            return n;
+    names[n] = name;
+    return n + 1;
+}
+
+int ft_run_config_datasets(const struct ft_run_config *cfg, const char **names, int cap)
+{
+    int n = add_name(names, 0, cap, cfg->train_data);
+    n = add_name(names, n, cap, cfg->eval_data);
+    for (int i = 0; i < cfg->callbacks.num_eval; i++) {
+        n = add_name(names, n, cap, cfg->callbacks.eval[i].query_data);
+        n = add_name(names, n, cap, cfg->callbacks.eval[i].index_data);
+    }
+    return n;
+}
+
+/* The index of the first callback named name in the config's list (for the error param). */
+static int callback_index(json_t *config, const char *name)
+{
+    json_t *cbs = json_object_get(config, "callbacks");
+    for (size_t i = 0; i < json_array_size(cbs); i++) {
+        const char *n = json_string_value(json_object_get(json_array_get(cbs, i), "name"));
+        if (n && strcmp(n, name) == 0)
+            return (int)i;
+    }
+    return 0;
+}
+
+static enum ft_err check_series(const struct ft_run_config *cfg, json_t *config, const char *cbname,
+                                enum ft_monitor_kind kind, const char *monitor,
+                                struct ft_error *err)
+{
+    char p[128];
+    snprintf(p, sizeof p, "config.callbacks[%d].options.monitor", callback_index(config, cbname));
+    if (kind == FT_MON_VAL_LOSS && !cfg->eval_data[0] && cfg->val_split <= 0)
+        return ft_error_set(err, FT_EINVAL, p,
+                            "%s monitors val_loss, which needs data.eval_data or data.val_split",
+                            cbname);
+    if (kind == FT_MON_METRIC && cfg->callbacks.num_eval == 0)
+        return ft_error_set(err, FT_EINVAL, p,
+                            "%s monitors '%s', which needs an EvaluationCallback", cbname, monitor);
+    return FT_OK;
+}
+
+enum ft_err ft_run_config_check_monitors(const struct ft_run_config *cfg, json_t *config,
+                                         struct ft_error *err)
+{
+    const struct ft_callbacks *cb = &cfg->callbacks;
+    if (cb->has_early_stopping)
+        TRY(check_series(cfg, config, "EarlyStopping", cb->early_stopping.kind,
+                         cb->early_stopping.monitor, err));
+    if (cb->has_best_checkpoint)
+        TRY(check_series(cfg, config, "BestModelCheckpoint", cb->best_checkpoint.kind,
+                         cb->best_checkpoint.monitor, err));
+    return FT_OK;
+}

@@ -1,0 +1,571 @@
+/* train.c — one run's training loop (see train.h for the order of events).
+ *
+ * Owns, for the duration of ft_train: the model, the optimizer, the samplers, the batch
+ * buffers, the best epoch's parameter copy and, with val_split, the split datasets. Everything
+ * the caller sees goes through the hooks (log lines, metrics) and the artifact file. */
+#include "train.h"
+
+#include "metrics.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "sampler.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct trainer {
+    const struct ft_run_config *cfg;
+    const struct ft_train_hooks *hooks;
+    const struct ft_dataset *train, *eval;
+    struct ft_dataset *own_train, *own_eval; /* val_split results (owned) */
+    const struct ft_dataset *query[FT_MAX_EVAL_CALLBACKS], *index[FT_MAX_EVAL_CALLBACKS];
+    ft_model *model;
+    ft_optim *optim;
+    size_t head_offset; /* first trained parameter (0 unless freeze) */
+    int in_dim, out_dim;
+    /* batch buffers, batch_size rows */
+    int64_t *idx;
+    int32_t *yb;
+    float *xb, *emb, *demb;
+    float *best_params; /* copy of the best epoch's params (num_params) */
+};
+
+static void tlog(struct trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tlog(struct trainer *t, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    if (!t->hooks || !t->hooks->log)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    t->hooks->log(t->hooks->ctx, line);
+}
+
+static int canceled(struct trainer *t)
+{
+    return t->hooks && t->hooks->canceled && t->hooks->canceled(t->hooks->ctx);
+}
+
+static void emit_metrics(struct trainer *t, const char *phase, int epoch, json_t *values)
+{
+    if (t->hooks && t->hooks->metrics)
+        t->hooks->metrics(t->hooks->ctx, phase, epoch, values);
+}
+
+/* ---- setup ---- */
+
+static enum ft_err split_train(struct trainer *t, const struct ft_dataset *train,
+                               struct ft_error *err)
+{
+    int64_t n = train->n, nval = (int64_t)floor((double)n * t->cfg->val_split);
+    if (nval < 1 || nval >= n)
+        return ft_error_set(err, FT_EINVAL, "config.data.val_split",
+                            "val_split %g of %lld rows leaves no validation or no training rows",
+                            t->cfg->val_split, (long long)n);
+    int64_t *perm = malloc((size_t)n * sizeof *perm);
+    if (!perm)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    struct ft_rng rng;
+    ft_rng_seed(&rng, t->cfg->seed + 2);
+    for (int64_t i = 0; i < n; i++)
+        perm[i] = i;
+    ft_rng_shuffle(&rng, perm, n);
+    t->own_eval = ft_dataset_subset(train, perm, nval);
+    t->own_train = ft_dataset_subset(train, perm + nval, n - nval);
+    free(perm);
+    if (!t->own_eval || !t->own_train)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    t->train = t->own_train;
+    t->eval = t->own_eval;
+    return FT_OK;
+}
+
+static enum ft_err build_model(struct trainer *t, struct ft_error *err)
+{
+    struct ft_mlp_config mc = t->cfg->mlp;
+    const struct ft_run_config *c = t->cfg;
+    if (mc.input_size == 0)
+        mc.input_size = t->train->dim;
+    if (mc.input_size != t->train->dim)
+        return ft_error_set(err, FT_EINVAL, "config.model.options.input_size",
+                            "input_size %d does not match train_data's %d columns", mc.input_size,
+                            t->train->dim);
+    if (c->output_dim) {
+        if (mc.num_hidden >= FT_MLP_MAX_LAYERS)
+            return ft_error_set(err, FT_EINVAL, "config.model.output_dim", "too many layers");
+        mc.hidden_sizes[mc.num_hidden++] = c->output_dim;
+    }
+    enum ft_err e = ft_model_new_mlp(&mc, c->seed, &t->model, err);
+    if (e != FT_OK)
+        return e;
+    t->in_dim = ft_model_input_dim(t->model);
+    t->out_dim = ft_model_output_dim(t->model);
+    if (c->freeze) {
+        /* the head is the last linear layer: its weight is the second-to-last tensor with a
+         * bias, the last without */
+        int nt = ft_model_num_tensors(t->model);
+        const char *name;
+        int ndim;
+        int64_t shape[2];
+        ft_model_tensor(t->model, nt - (mc.bias ? 2 : 1), &name, &ndim, shape, &t->head_offset);
+    }
+    return ft_optim_new(&c->optim, ft_model_num_params(t->model) - t->head_offset, &t->optim, err);
+}
+
+static enum ft_err alloc_buffers(struct trainer *t, struct ft_error *err)
+{
+    size_t B = (size_t)t->cfg->batch_size;
+    t->idx = malloc(B * sizeof *t->idx);
+    t->yb = malloc(B * sizeof *t->yb);
+    t->xb = malloc(B * (size_t)t->in_dim * sizeof *t->xb);
+    t->emb = malloc(B * (size_t)t->out_dim * sizeof *t->emb);
+    t->demb = malloc(B * (size_t)t->out_dim * sizeof *t->demb);
+    t->best_params = malloc(ft_model_num_params(t->model) * sizeof *t->best_params);
+    if (!t->idx || !t->yb || !t->xb || !t->emb || !t->demb || !t->best_params)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    return FT_OK;
+}
+
+static void trainer_free(struct trainer *t)
+{
+    ft_model_free(t->model);
+    ft_optim_free(t->optim);
+    ft_dataset_free(t->own_train);
+    ft_dataset_free(t->own_eval);
+    free(t->idx);
+    free(t->yb);
+    free(t->xb);
+    free(t->emb);
+    free(t->demb);
+    free(t->best_params);
+}
+
+/* ---- batches, losses ---- */
+
+static void gather(struct trainer *t, const struct ft_dataset *ds, int B)
+{
+    for (int i = 0; i < B; i++) {
+        memcpy(t->xb + (size_t)i * t->in_dim, ds->x + (size_t)t->idx[i] * ds->dim,
+               (size_t)t->in_dim * sizeof(float));
+        t->yb[i] = ds->labels[t->idx[i]];
+    }
+}
+
+/* One training step on the batch in t->idx; *loss set. */
+static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_error *err)
+{
+    gather(t, t->train, B);
+    enum ft_err e = ft_model_forward(t->model, t->xb, B, t->emb);
+    if (e == FT_OK)
+        e = ft_triplet_margin_loss(loss, t->demb, t->emb, t->yb, B, t->out_dim, &t->cfg->triplet,
+                                   NULL);
+    if (e != FT_OK)
+        return ft_error_set(err, e, NULL, "training step failed: %s", ft_err_message(e));
+    if (!isfinite(*loss))
+        return FT_ENUMERIC;
+    ft_model_zero_grad(t->model);
+    ft_model_backward(t->model, t->demb, B);
+    ft_optim_step(t->optim, ft_model_params(t->model) + t->head_offset,
+                  ft_model_grads(t->model) + t->head_offset, t->cfg->learning_rate);
+    return FT_OK;
+}
+
+/* Mean triplet loss over class-balanced batches of the eval set, the same batches every
+ * epoch (a fixed seed). *has = 0 when there is no eval set. */
+static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_error *err)
+{
+    ft_sampler *s = NULL;
+    *has = 0;
+    if (!t->eval)
+        return FT_OK;
+    enum ft_err e = ft_sampler_new(t->eval->labels, t->eval->n, t->cfg->batch_size,
+                                   t->cfg->num_items_per_class, t->cfg->seed + 3, &s, err);
+    if (e != FT_OK) {
+        if (err)
+            snprintf(err->param, sizeof err->param, "config.data.eval_data");
+        return e;
+    }
+    double sum = 0;
+    int64_t nb = 0;
+    while (e == FT_OK && ft_sampler_next(s, t->idx)) {
+        float loss;
+        gather(t, t->eval, t->cfg->batch_size);
+        e = ft_model_forward(t->model, t->xb, t->cfg->batch_size, t->emb);
+        if (e == FT_OK)
+            e = ft_triplet_margin_loss(&loss, NULL, t->emb, t->yb, t->cfg->batch_size, t->out_dim,
+                                       &t->cfg->triplet, NULL);
+        if (e == FT_OK) {
+            sum += loss;
+            nb++;
+        }
+    }
+    ft_sampler_free(s);
+    if (e != FT_OK)
+        return ft_error_set(err, e, NULL, "validation failed: %s", ft_err_message(e));
+    *out = nb ? sum / (double)nb : NAN;
+    *has = nb > 0;
+    return FT_OK;
+}
+
+/* ---- evaluation ---- */
+
+/* Embeddings of every row of ds: new (n, out_dim) array or NULL. */
+static float *embed(struct trainer *t, const struct ft_dataset *ds, int batch)
+{
+    float *out = malloc((size_t)ds->n * (size_t)t->out_dim * sizeof *out);
+    if (!out)
+        return NULL;
+    for (int64_t i = 0; i < ds->n; i += batch) {
+        int b = (int)(ds->n - i < batch ? ds->n - i : batch);
+        if (ft_model_forward(t->model, ds->x + (size_t)i * ds->dim, b,
+                             out + (size_t)i * t->out_dim) != FT_OK) {
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static enum ft_err eval_one(struct trainer *t, int c, struct ft_metrics_result *res,
+                            struct ft_error *err)
+{
+    const struct ft_eval_callback *cb = &t->cfg->callbacks.eval[c];
+    const struct ft_dataset *q = t->query[c], *x = t->index[c];
+    int batch = cb->batch_size < 256 ? 256 : cb->batch_size; /* same numbers, fewer calls */
+    enum ft_err e = FT_ENOMEM;
+    float *qe = embed(t, q, batch), *xe = x ? embed(t, x, batch) : NULL;
+    int64_t *qid = malloc((size_t)q->n * sizeof *qid);
+    int64_t nx = x ? x->n : 0;
+    int64_t *xid = malloc((size_t)(nx ? nx : 1) * sizeof *xid);
+    int32_t *xlab = malloc((size_t)(nx ? nx : 1) * sizeof *xlab);
+    int32_t *map = x ? malloc((size_t)(x->num_labels ? x->num_labels : 1) * sizeof *map) : NULL;
+    if (qe && qid && xid && xlab && (!x || (xe && map))) {
+        for (int64_t i = 0; i < q->n; i++)
+            qid[i] = i;
+        if (x) {
+            ft_dataset_map_labels(q, x, map);
+            for (int64_t i = 0; i < nx; i++) {
+                int32_t l = map[x->labels[i]];
+                xid[i] = i;
+                xlab[i] = l >= 0 ? l : -1 - x->labels[i]; /* unmatched: never equal */
+            }
+        }
+        struct ft_eval_set qs = {qe, qid, q->labels, q->n};
+        struct ft_eval_set xs = {xe, xid, xlab, nx};
+        e = ft_retrieval_metrics(&qs, x ? &xs : NULL, t->out_dim, cb->limit, cb->distance,
+                                 x ? 0 : cb->exclude_self, res, err);
+    } else {
+        ft_error_set(err, FT_ENOMEM, NULL, "out of memory while embedding");
+    }
+    free(qe);
+    free(xe);
+    free(qid);
+    free(xid);
+    free(xlab);
+    free(map);
+    return e;
+}
+
+/* Run every EvaluationCallback; add "<model>_<metric>" keys to values and log them. The first
+ * callback's results go to *first (for monitors). */
+static enum ft_err evaluate(struct trainer *t, json_t *values, struct ft_metrics_result *first,
+                            struct ft_error *err)
+{
+    first->evaluated = 0;
+    for (int c = 0; c < t->cfg->callbacks.num_eval; c++) {
+        struct ft_metrics_result r;
+        enum ft_err e = eval_one(t, c, &r, err);
+        if (e != FT_OK)
+            return e;
+        if (c == 0)
+            *first = r;
+        for (int m = 0; m < FT_NUM_METRICS; m++) {
+            char key[160];
+            if (c == 0)
+                snprintf(key, sizeof key, "%s_%s", t->cfg->model_name, ft_metric_name(m));
+            else
+                snprintf(key, sizeof key, "%s_eval%d_%s", t->cfg->model_name, c, ft_metric_name(m));
+            if (r.evaluated > 0) {
+                json_object_set_new(values, key, json_real(r.value[m]));
+                tlog(t, "Metric: '%s' Value: %.5f", key, r.value[m]);
+            } else {
+                json_object_set_new(values, key, json_null());
+                tlog(t, "Metric: '%s' Value: null (no query has a relevant document)", key);
+            }
+        }
+    }
+    return FT_OK;
+}
+
+/* ---- callbacks ---- */
+
+/* The value of a monitored series this epoch; 0 when missing. */
+static int monitor_value(enum ft_monitor_kind kind, int metric, double train_loss, int has_val,
+                         double vloss, const struct ft_metrics_result *mr, double *out)
+{
+    switch (kind) {
+    case FT_MON_TRAIN_LOSS:
+        *out = train_loss;
+        return 1;
+    case FT_MON_VAL_LOSS:
+        *out = vloss;
+        return has_val;
+    case FT_MON_METRIC:
+        *out = mr->evaluated > 0 ? mr->value[metric] : NAN;
+        return mr->evaluated > 0;
+    }
+    return 0;
+}
+
+static void checkpoint_epoch(struct trainer *t, struct ft_best_checkpoint *b, int epoch, int has,
+                             double v)
+{
+    double before = b->best_epoch ? b->best_value : (b->mode == FT_MODE_MIN ? INFINITY : -INFINITY);
+    if (ft_best_checkpoint_update(b, epoch, has, v)) {
+        memcpy(t->best_params, ft_model_params(t->model),
+               ft_model_num_params(t->model) * sizeof(float));
+        tlog(t, "Model improved from %.3f to %.3f!", before, v);
+    } else {
+        tlog(t, "Model did not improve");
+    }
+}
+
+static int early_stop_epoch(struct trainer *t, struct ft_early_stopping *es, int epoch, int has,
+                            double v)
+{
+    int improved = 0;
+    int stop = ft_early_stopping_update(es, has, v, &improved);
+    if (!has)
+        tlog(t, "EarlyStopping: '%s' has no value at epoch %d; not counted", es->monitor, epoch);
+    else if (!improved)
+        tlog(t, "EarlyStopping: '%s' did not improve for %d epoch%s (patience %d)", es->monitor,
+             es->wait, es->wait == 1 ? "" : "s", es->patience);
+    return stop;
+}
+
+/* ---- the loop ---- */
+
+static enum ft_err train_epoch(struct trainer *t, ft_sampler *s, int epoch, double *mean,
+                               struct ft_error *err)
+{
+    int64_t nb = ft_sampler_num_batches(s), b = 0, every = nb / 10 > 0 ? nb / 10 : 1;
+    double sum = 0;
+    while (ft_sampler_next(s, t->idx)) {
+        float loss;
+        if (canceled(t))
+            return ft_error_set(err, FT_ECANCELED, NULL, "canceled at epoch %d, batch %lld", epoch,
+                                (long long)b + 1);
+        enum ft_err e = train_step(t, t->cfg->batch_size, &loss, err);
+        if (e == FT_ENUMERIC)
+            return ft_error_set(err, FT_ENUMERIC, NULL,
+                                "the loss became %s at epoch %d, batch %lld: lower the "
+                                "learning_rate or check the data",
+                                isnan(loss) ? "NaN" : "infinite", epoch, (long long)b + 1);
+        if (e != FT_OK)
+            return e;
+        sum += loss;
+        b++;
+        if (b % every == 0 || b == nb)
+            tlog(t, "Training [%d/%d] %lld/%lld batches loss: %.3f", epoch, t->cfg->epochs,
+                 (long long)b, (long long)nb, sum / (double)b);
+    }
+    *mean = b ? sum / (double)b : NAN;
+    return FT_OK;
+}
+
+static void log_duration(struct trainer *t, double secs)
+{
+    long s = (long)secs;
+    tlog(t, "Finetuning took %ld days, %ld hours %ld minutes and %ld seconds", s / 86400,
+         (s / 3600) % 24, (s / 60) % 60, s % 60);
+}
+
+static enum ft_err write_artifact(struct trainer *t, json_t *config, json_t *after, int best_epoch,
+                                  const char *path, struct ft_error *err)
+{
+    int nt = ft_model_num_tensors(t->model);
+    struct ft_tensor_view *views = calloc((size_t)nt, sizeof *views);
+    if (!views)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    for (int i = 0; i < nt; i++) {
+        size_t off;
+        int64_t shape[2];
+        ft_model_tensor(t->model, i, &views[i].name, &views[i].ndim, shape, &off);
+        views[i].dtype = "F32";
+        views[i].shape[0] = shape[0];
+        views[i].shape[1] = shape[1];
+        views[i].data = ft_model_params(t->model) + off;
+    }
+    json_t *mc = ft_model_config_json(t->model);
+    char *mc_s = json_dumps(mc, JSON_COMPACT | JSON_SORT_KEYS);
+    char *cfg_s = config ? json_dumps(config, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *met_s = json_dumps(after, JSON_COMPACT | JSON_SORT_KEYS);
+    char be[32];
+    snprintf(be, sizeof be, "%d", best_epoch);
+    json_t *meta = json_pack("{s:s, s:s?, s:s?, s:s?, s:s}", "format", "finetunerd", "model_config",
+                             mc_s, "run_config", cfg_s, "metrics", met_s, "best_epoch", be);
+    enum ft_err e = meta ? ft_safetensors_write(path, views, nt, meta, err)
+                         : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    json_decref(meta);
+    json_decref(mc);
+    free(mc_s);
+    free(cfg_s);
+    free(met_s);
+    free(views);
+    return e;
+}
+
+static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_result *res,
+                              struct ft_error *err)
+{
+    const struct ft_run_config *c = t->cfg;
+    struct ft_early_stopping es = c->callbacks.early_stopping;
+    struct ft_best_checkpoint bc = c->callbacks.best_checkpoint;
+    for (int epoch = 1; epoch <= c->epochs; epoch++) {
+        double tl = NAN, vl = NAN;
+        int has_val;
+        struct ft_metrics_result mr = {0};
+        enum ft_err e = train_epoch(t, s, epoch, &tl, err);
+        if (e == FT_OK)
+            e = val_loss(t, &vl, &has_val, err);
+        if (e != FT_OK)
+            return e;
+        json_t *values = json_pack("{s:i, s:f, s:o}", "epoch", epoch, "train_loss", tl, "val_loss",
+                                   has_val ? json_real(vl) : json_null());
+        if (has_val)
+            tlog(t, "Epoch %d/%d: train_loss %.5f val_loss %.5f", epoch, c->epochs, tl, vl);
+        else
+            tlog(t, "Epoch %d/%d: train_loss %.5f", epoch, c->epochs, tl);
+        e = evaluate(t, values, &mr, err);
+        if (e == FT_OK)
+            emit_metrics(t, "epoch", epoch, values);
+        json_decref(values);
+        if (e != FT_OK)
+            return e;
+        res->epochs_completed = epoch;
+        double v = NAN;
+        if (c->callbacks.has_best_checkpoint) {
+            int has = monitor_value(bc.kind, bc.metric, tl, has_val, vl, &mr, &v);
+            checkpoint_epoch(t, &bc, epoch, has, v);
+        }
+        if (c->callbacks.has_early_stopping) {
+            int has = monitor_value(es.kind, es.metric, tl, has_val, vl, &mr, &v);
+            if (early_stop_epoch(t, &es, epoch, has, v) && epoch < c->epochs) {
+                res->stopped_early = 1;
+                tlog(t, "Early stopping after epoch %d: '%s' did not improve for %d epochs", epoch,
+                     es.monitor, es.wait);
+                break;
+            }
+        }
+    }
+    res->best_epoch = bc.best_epoch;
+    if (bc.best_epoch) /* the artifact is the best epoch's model */
+        memcpy(ft_model_params(t->model), t->best_params,
+               ft_model_num_params(t->model) * sizeof(float));
+    return FT_OK;
+}
+
+static enum ft_err train_all(struct trainer *t, const struct ft_train_inputs *in,
+                             const char *artifact_path, struct ft_train_result *res,
+                             struct ft_error *err)
+{
+    const struct ft_run_config *c = t->cfg;
+    ft_sampler *s = NULL;
+    struct ft_metrics_result mr;
+    enum ft_err e = ft_sampler_new(t->train->labels, t->train->n, c->batch_size,
+                                   c->num_items_per_class, c->seed + 1, &s, err);
+    if (e != FT_OK) {
+        if (err && strcmp(err->param, "batch_size") == 0)
+            snprintf(err->param, sizeof err->param, "config.hyper_parameters.batch_size");
+        return e;
+    }
+    tlog(t,
+         "Model: %s, %zu parameters; %lld training rows in %lld batches of %d; loss %s; "
+         "optimizer %s (lr %g)",
+         c->model_name, ft_model_num_params(t->model), (long long)t->train->n,
+         (long long)ft_sampler_num_batches(s), c->batch_size, c->loss, c->optimizer,
+         c->learning_rate);
+    json_t *before = json_object();
+    if (c->callbacks.num_eval)
+        tlog(t, "Evaluating before training");
+    e = evaluate(t, before, &mr, err);
+    if (e == FT_OK)
+        emit_metrics(t, "before", 0, before);
+    json_decref(before);
+    if (e == FT_OK)
+        e = run_epochs(t, s, res, err);
+    ft_sampler_free(s);
+    if (e != FT_OK)
+        return e;
+    json_t *after = json_object();
+    if (c->callbacks.num_eval)
+        tlog(t, "Evaluating the %s model", res->best_epoch ? "best" : "final");
+    e = evaluate(t, after, &mr, err);
+    if (e == FT_OK)
+        emit_metrics(t, "after", res->epochs_completed, after);
+    if (e == FT_OK)
+        e = write_artifact(t, in->config, after, res->best_epoch, artifact_path, err);
+    json_decref(after);
+    return e;
+}
+
+static void describe(struct ft_train_result *res, const struct ft_run_config *c)
+{
+    if (res->stopped_early)
+        snprintf(res->details, sizeof res->details,
+                 "stopped early after epoch %d of %d by EarlyStopping on '%s'",
+                 res->epochs_completed, c->epochs, c->callbacks.early_stopping.monitor);
+    else
+        snprintf(res->details, sizeof res->details, "trained %d epochs", res->epochs_completed);
+    if (res->best_epoch) {
+        size_t len = strlen(res->details);
+        snprintf(res->details + len, sizeof res->details - len, "; artifact from epoch %d",
+                 res->best_epoch);
+    }
+}
+
+enum ft_err ft_train(const struct ft_run_config *cfg, const struct ft_train_inputs *in,
+                     const struct ft_train_hooks *hooks, const char *artifact_path,
+                     struct ft_train_result *res, struct ft_error *err)
+{
+    struct trainer t = {0};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    memset(res, 0, sizeof *res);
+    t.cfg = cfg;
+    t.hooks = hooks;
+    t.train = in->train;
+    t.eval = in->eval;
+    memcpy(t.query, in->query, sizeof t.query);
+    memcpy(t.index, in->index, sizeof t.index);
+    enum ft_err e = FT_OK;
+    if (cfg->val_split > 0 && !in->eval)
+        e = split_train(&t, in->train, err);
+    if (e == FT_OK && t.eval && t.eval->dim != t.train->dim)
+        e = ft_error_set(err, FT_EINVAL, "config.data.eval_data",
+                         "eval_data has %d columns, train_data %d", t.eval->dim, t.train->dim);
+    for (int i = 0; e == FT_OK && i < cfg->callbacks.num_eval; i++)
+        if (t.query[i]->dim != t.train->dim || (t.index[i] && t.index[i]->dim != t.train->dim))
+            e = ft_error_set(err, FT_EINVAL, "config.callbacks",
+                             "EvaluationCallback data has other columns than train_data");
+    if (e == FT_OK)
+        e = build_model(&t, err);
+    if (e == FT_OK)
+        e = alloc_buffers(&t, err);
+    if (e == FT_OK)
+        e = train_all(&t, in, artifact_path, res, err);
+    trainer_free(&t);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (e == FT_OK) {
+        describe(res, cfg);
+        log_duration(&t,
+                     (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+        tlog(&t, "Done");
+    }
+    return e;
+}

@@ -1,0 +1,723 @@
+/* api.c — route table and handlers of the REST API (see api.h and the README's API table).
+ *
+ * Handlers are small: check the path's names, parse the body strictly, call the store, and
+ * answer JSON. Dataset uploads parse into memory (common/dataset.c), write the stored file
+ * under a temporary name, then publish metadata and file together. */
+#include "api.h"
+
+#include "dataset.h"
+#include "log.h"
+#include "runspec.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define API_PREFIX "/api/v1"
+#define MAX_SEGS 8
+
+struct ctx {
+    struct ft_api *api;
+    const struct ft_http_request *req;
+    struct ft_http_response *resp;
+    const char *cap[MAX_SEGS]; /* captured "*" segments */
+    char segbuf[1024];
+};
+
+typedef void (*handler_fn)(struct ctx *c);
+
+/* ---- responses ---- */
+
+static void respond_json(struct ctx *c, int status, json_t *body)
+{
+    c->resp->status = status;
+    c->resp->content_type = "application/json";
+    c->resp->kind = FT_BODY_BUFFER;
+    c->resp->body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    c->resp->body_len = c->resp->body ? strlen(c->resp->body) : 0;
+    json_decref(body);
+}
+
+char *ft_api_error_body(const struct ft_error *err)
+{
+    json_t *o = json_pack("{s:{s:s, s:s, s:s?}}", "error", "code", ft_err_name(err->code),
+                          "message", err->message[0] ? err->message : ft_err_message(err->code),
+                          "param", err->param[0] ? err->param : NULL);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+static void respond_error(struct ctx *c, const struct ft_error *err)
+{
+    c->resp->status = ft_err_http_status(err->code);
+    c->resp->content_type = "application/json";
+    c->resp->kind = FT_BODY_BUFFER;
+    c->resp->body = ft_api_error_body(err);
+    c->resp->body_len = c->resp->body ? strlen(c->resp->body) : 0;
+}
+
+static void fail(struct ctx *c, enum ft_err code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void fail(struct ctx *c, enum ft_err code, const char *param, const char *fmt, ...)
+{
+    struct ft_error err;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    ft_error_set(&err, code, param, "%s", msg);
+    respond_error(c, &err);
+}
+
+static void respond_deleted(struct ctx *c, const char *name)
+{
+    respond_json(c, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+}
+
+/* Check a name from the path; answers 400 and returns 0 when invalid. */
+static int check_name(struct ctx *c, const char *name, const char *param)
+{
+    if (ft_store_valid_name(name))
+        return 1;
+    fail(c, FT_EINVAL, param,
+         "invalid %s name '%.100s': use 1 to 100 of A-Z a-z 0-9 . _ - (not starting with .)", param,
+         name);
+    return 0;
+}
+
+/* Parse the body as a JSON object; answers 400 and returns NULL otherwise. */
+static json_t *body_object(struct ctx *c)
+{
+    json_error_t jerr;
+    if (!c->req->body || c->req->body_len == 0) {
+        fail(c, FT_EINVAL, "body", "the request needs a JSON object body");
+        return NULL;
+    }
+    json_t *o = json_loadb(c->req->body, c->req->body_len, 0, &jerr);
+    if (!o) {
+        fail(c, FT_EINVAL, "body", "malformed JSON at line %d, column %d: %s", jerr.line,
+             jerr.column, jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(o)) {
+        json_decref(o);
+        fail(c, FT_EINVAL, "body", "the body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- health, datasets ---- */
+
+static void h_health(struct ctx *c)
+{
+    respond_json(c, 200, json_pack("{s:s, s:s}", "status", "ok", "version", "0.1.0"));
+}
+
+static void h_dataset_list(struct ctx *c)
+{
+    json_t *list = ft_store_dataset_list(c->api->store);
+    if (!list)
+        return fail(c, FT_EDB, NULL, "could not list datasets");
+    respond_json(c, 200, json_pack("{s:o}", "datasets", list));
+}
+
+static void h_dataset_get(struct ctx *c)
+{
+    struct ft_error err;
+    json_t *o;
+    if (!check_name(c, c->cap[0], "dataset"))
+        return;
+    if (ft_store_dataset_get(c->api->store, c->cap[0], &o, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 200, o);
+}
+
+static void h_dataset_delete(struct ctx *c)
+{
+    struct ft_error err;
+    if (!check_name(c, c->cap[0], "dataset"))
+        return;
+    if (ft_store_dataset_delete(c->api->store, c->cap[0], &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_deleted(c, c->cap[0]);
+}
+
+/* "csv" | "idx" from ?format= or the Content-Type; NULL after answering 400. */
+static const char *upload_format(struct ctx *c)
+{
+    const char *f = ft_http_arg(c->req, "format");
+    const char *ct = c->req->content_type ? c->req->content_type : "";
+    if (f && (strcmp(f, "csv") == 0 || strcmp(f, "idx") == 0))
+        return f;
+    if (f) {
+        fail(c, FT_EINVAL, "format", "unknown format '%.32s' (known: csv, idx)", f);
+        return NULL;
+    }
+    if (strncmp(ct, "text/csv", 8) == 0)
+        return "csv";
+    if (strncmp(ct, "multipart/form-data", 19) == 0)
+        return "idx";
+    fail(c, FT_EINVAL, "format",
+         "cannot tell the dataset format: pass ?format=csv|idx or Content-Type text/csv or "
+         "multipart/form-data (got '%.64s')",
+         ct);
+    return NULL;
+}
+
+static enum ft_err parse_upload(struct ctx *c, const char *format, struct ft_dataset **ds,
+                                struct ft_error *err)
+{
+    if (strcmp(format, "csv") == 0) {
+        const struct ft_http_part *p = ft_http_part(c->req, "file");
+        if (c->req->num_parts && !p)
+            p = &c->req->parts[0];
+        if (p)
+            return ft_dataset_parse_csv(p->data, p->len, ds, err);
+        return ft_dataset_parse_csv(c->req->body ? c->req->body : "", c->req->body_len, ds, err);
+    }
+    const struct ft_http_part *im = ft_http_part(c->req, "images");
+    const struct ft_http_part *lb = ft_http_part(c->req, "labels");
+    if (!im || !lb)
+        return ft_error_set(err, FT_EINVAL, im ? "labels" : "images",
+                            "an idx upload is multipart/form-data with parts 'images' and "
+                            "'labels' (curl -F images=@...-images-idx3-ubyte.gz -F "
+                            "labels=@...-labels-idx1-ubyte.gz)");
+    return ft_dataset_parse_idx(im->data, im->len, lb->data, lb->len, ds, err);
+}
+
+/* Save ds under a temporary name, publish the metadata, then rename into place. */
+static enum ft_err store_upload(struct ctx *c, const char *name, const char *format,
+                                const struct ft_dataset *ds, struct ft_error *err)
+{
+    static int counter;
+    char *path = ft_store_dataset_path(c->api->store, name);
+    char tmp[1200];
+    struct ft_dataset_info info = {0};
+    if (!path)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    snprintf(tmp, sizeof tmp, "%s.upload-%d-%d", path, (int)getpid(),
+             __atomic_add_fetch(&counter, 1, __ATOMIC_SEQ_CST));
+    enum ft_err e = ft_dataset_save(ds, tmp, err);
+    FILE *f = e == FT_OK ? fopen(tmp, "rb") : NULL;
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        info.bytes = ftell(f);
+        fclose(f);
+    }
+    snprintf(info.name, sizeof info.name, "%s", name);
+    snprintf(info.format, sizeof info.format, "%s", format);
+    info.rows = ds->n;
+    info.dims = ds->dim;
+    info.labels = ds->num_labels;
+    if (e == FT_OK)
+        e = ft_store_dataset_insert(c->api->store, &info, err);
+    if (e == FT_OK && rename(tmp, path) != 0)
+        e = ft_error_set(err, FT_EIO, NULL, "could not store the dataset file");
+    if (e != FT_OK)
+        unlink(tmp);
+    free(path);
+    return e;
+}
+
+static void h_dataset_put(struct ctx *c)
+{
+    struct ft_error err;
+    struct ft_dataset *ds = NULL;
+    const char *name = c->cap[0];
+    json_t *existing;
+    if (!check_name(c, name, "dataset"))
+        return;
+    const char *format = upload_format(c);
+    if (!format)
+        return;
+    if (ft_store_dataset_get(c->api->store, name, &existing, &err) == FT_OK) {
+        json_decref(existing);
+        return fail(c, FT_ECONFLICT, "name",
+                    "dataset '%s' already exists; delete it first or pick another name", name);
+    }
+    enum ft_err e = parse_upload(c, format, &ds, &err);
+    if (e == FT_OK)
+        e = store_upload(c, name, format, ds, &err);
+    ft_dataset_free(ds);
+    if (e != FT_OK)
+        return respond_error(c, &err);
+    ft_log(FT_LOG_INFO, "api", "dataset=%s format=%s stored", name, format);
+    if (ft_store_dataset_get(c->api->store, name, &existing, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 201, existing);
+}
+
+/* ---- experiments ---- */
+
+static void h_experiment_create(struct ctx *c)
+{
+    struct ft_error err;
+    int created = 0;
+    json_t *body = body_object(c), *o;
+    if (!body)
+        return;
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "name") != 0) {
+            json_decref(body);
+            return fail(c, FT_EINVAL, key, "unknown field '%s' (an experiment has a name)", key);
+        }
+    }
+    const char *name = json_string_value(json_object_get(body, "name"));
+    if (!name) {
+        json_decref(body);
+        return fail(c, FT_EINVAL, "name", "name (a string) is required");
+    }
+    enum ft_err e = check_name(c, name, "name") ? FT_OK : FT_EINVAL;
+    if (e == FT_OK)
+        e = ft_store_experiment_ensure(c->api->store, name, &created, &err);
+    if (e == FT_OK)
+        e = ft_store_experiment_get(c->api->store, name, &o, &err);
+    json_decref(body);
+    if (e == FT_EINVAL)
+        return; /* answered by check_name */
+    if (e != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, created ? 201 : 200, o);
+}
+
+static void h_experiment_list(struct ctx *c)
+{
+    json_t *list = ft_store_experiment_list(c->api->store);
+    if (!list)
+        return fail(c, FT_EDB, NULL, "could not list experiments");
+    respond_json(c, 200, json_pack("{s:o}", "experiments", list));
+}
+
+static void h_experiment_get(struct ctx *c)
+{
+    struct ft_error err;
+    json_t *o;
+    if (!check_name(c, c->cap[0], "experiment"))
+        return;
+    if (ft_store_experiment_get(c->api->store, c->cap[0], &o, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 200, o);
+}
+
+static void h_experiment_delete(struct ctx *c)
+{
+    struct ft_error err;
+    if (!check_name(c, c->cap[0], "experiment"))
+        return;
+    if (ft_store_experiment_delete(c->api->store, c->cap[0], &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_deleted(c, c->cap[0]);
+}
+
+/* ---- runs ---- */
+
+/* Check that dataset name exists and has dims columns (dims 0 = any); fills *found_dims. */
+static enum ft_err check_dataset(struct ctx *c, const char *name, const char *param,
+                                 int *found_dims, struct ft_error *err)
+{
+    json_t *o;
+    if (!ft_store_valid_name(name) || ft_store_dataset_get(c->api->store, name, &o, err) != FT_OK)
+        return ft_error_set(err, FT_EINVAL, param,
+                            "dataset '%s' does not exist; upload it with PUT "
+                            "/api/v1/datasets/%s",
+                            name, ft_store_valid_name(name) ? name : "<name>");
+    *found_dims = (int)json_integer_value(json_object_get(o, "dims"));
+    json_decref(o);
+    return FT_OK;
+}
+
+/* Every dataset the config reads exists and has the train data's columns; fills input_size in
+ * the normalised config. */
+static enum ft_err check_run_datasets(struct ctx *c, struct ft_run_config *cfg, json_t *norm,
+                                      struct ft_error *err)
+{
+    int tdims, dims;
+    enum ft_err e = check_dataset(c, cfg->train_data, "config.data.train_data", &tdims, err);
+    if (e != FT_OK)
+        return e;
+    if (cfg->mlp.input_size && cfg->mlp.input_size != tdims)
+        return ft_error_set(err, FT_EINVAL, "config.model.options.input_size",
+                            "input_size is %d but train_data '%s' has %d columns",
+                            cfg->mlp.input_size, cfg->train_data, tdims);
+    json_object_set_new(json_object_get(json_object_get(norm, "model"), "options"), "input_size",
+                        json_integer(tdims));
+    if (cfg->eval_data[0]) {
+        e = check_dataset(c, cfg->eval_data, "config.data.eval_data", &dims, err);
+        if (e == FT_OK && dims != tdims)
+            e = ft_error_set(err, FT_EINVAL, "config.data.eval_data",
+                             "eval_data '%s' has %d columns, train_data %d", cfg->eval_data, dims,
+                             tdims);
+    }
+    for (int i = 0; e == FT_OK && i < cfg->callbacks.num_eval; i++) {
+        const struct ft_eval_callback *cb = &cfg->callbacks.eval[i];
+        for (int k = 0; k < 2 && e == FT_OK; k++) {
+            const char *n = k ? cb->index_data : cb->query_data;
+            char param[96];
+            if (!n[0])
+                continue;
+            int idx = 0, seen = 0;
+            json_t *list = json_object_get(norm, "callbacks");
+            for (size_t j = 0; j < json_array_size(list); j++) {
+                const char *nm =
+                    json_string_value(json_object_get(json_array_get(list, j), "name"));
+                if (nm && strcmp(nm, "EvaluationCallback") == 0 && seen++ == i)
+                    idx = (int)j;
+            }
+            snprintf(param, sizeof param, "config.callbacks[%d].options.%s", idx,
+                     k ? "index_data" : "query_data");
+            e = check_dataset(c, n, param, &dims, err);
+            if (e == FT_OK && dims != tdims)
+                e = ft_error_set(err, FT_EINVAL, param,
+                                 "dataset '%s' has %d columns, "
+                                 "train_data %d",
+                                 n, dims, tdims);
+        }
+    }
+    return e;
+}
+
+static enum ft_err parse_submission(json_t *body, const char **name, const char **desc,
+                                    json_t **config, struct ft_error *err)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "name") && strcmp(key, "description") && strcmp(key, "config"))
+            return ft_error_set(err, FT_EINVAL, key,
+                                "unknown field '%s' (a run has name, description, config)", key);
+    }
+    v = json_object_get(body, "name");
+    if (v && !json_is_null(v) && (!json_is_string(v) || !ft_store_valid_name(json_string_value(v))))
+        return ft_error_set(err, FT_EINVAL, "name",
+                            "name must be 1 to 100 of A-Z a-z 0-9 . _ - (not starting with .)");
+    *name = json_string_value(v);
+    v = json_object_get(body, "description");
+    if (v && !json_is_null(v) && (!json_is_string(v) || json_string_length(v) > 10000))
+        return ft_error_set(err, FT_EINVAL, "description",
+                            "description must be a string of at most 10000 characters");
+    *desc = json_string_value(v);
+    *config = json_object_get(body, "config");
+    if (!*config)
+        return ft_error_set(err, FT_EINVAL, "config", "config is required");
+    return FT_OK;
+}
+
+static void h_run_submit(struct ctx *c)
+{
+    struct ft_error err = {0};
+    struct ft_run_config cfg;
+    json_t *body, *config = NULL, *norm = NULL, *run = NULL;
+    const char *name = NULL, *desc = NULL, *dsn[2 + 2 * FT_MAX_EVAL_CALLBACKS];
+    int64_t id;
+    if (!check_name(c, c->cap[0], "experiment") || !(body = body_object(c)))
+        return;
+    enum ft_err e = parse_submission(body, &name, &desc, &config, &err);
+    if (e == FT_OK)
+        e = ft_run_config_parse(config, &cfg, &norm, &err);
+    if (e == FT_OK)
+        e = check_run_datasets(c, &cfg, norm, &err);
+    if (e == FT_OK) {
+        char *text = json_dumps(norm, JSON_COMPACT);
+        int n = ft_run_config_datasets(&cfg, dsn, (int)(sizeof dsn / sizeof dsn[0]));
+        e = text
+                ? ft_store_run_insert(c->api->store, c->cap[0], name, desc, text, dsn, n, &id, &err)
+                : ft_error_set(&err, FT_ENOMEM, NULL, "out of memory");
+        free(text);
+    }
+    if (e == FT_OK)
+        e = ft_store_run_get(c->api->store, id, &run, &err);
+    json_decref(norm);
+    json_decref(body);
+    if (e != FT_OK)
+        return respond_error(c, &err);
+    ft_log(FT_LOG_INFO, "api", "experiment=%s run=%s queued", c->cap[0],
+           json_string_value(json_object_get(run, "name")));
+    if (c->api->wake)
+        c->api->wake(c->api->wake_ctx);
+    respond_json(c, 201, run);
+}
+
+/* Parse ?name= as an integer in [lo, hi] with default def; -1 after answering 400. */
+static long int_arg(struct ctx *c, const char *name, long def, long lo, long hi)
+{
+    const char *s = ft_http_arg(c->req, name);
+    char *end;
+    if (!s)
+        return def;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < lo || v > hi) {
+        fail(c, FT_EINVAL, name, "%s must be an integer in [%ld, %ld]", name, lo, hi);
+        return -1;
+    }
+    return v;
+}
+
+static void h_run_list(struct ctx *c)
+{
+    struct ft_error err;
+    json_t *o;
+    if (!check_name(c, c->cap[0], "experiment"))
+        return;
+    long limit = int_arg(c, "limit", 50, 1, 1000);
+    long offset = limit < 0 ? -1 : int_arg(c, "offset", 0, 0, 1L << 30);
+    if (limit < 0 || offset < 0)
+        return;
+    if (ft_store_run_list(c->api->store, c->cap[0], (int)limit, (int)offset, &o, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 200, o);
+}
+
+/* Resolve the run of the path (cap[0] experiment, cap[1] run); 0 after answering. */
+static int find_run(struct ctx *c, int64_t *id)
+{
+    struct ft_error err;
+    if (!check_name(c, c->cap[0], "experiment") || !check_name(c, c->cap[1], "run"))
+        return 0;
+    if (ft_store_run_find(c->api->store, c->cap[0], c->cap[1], id, &err) != FT_OK) {
+        respond_error(c, &err);
+        return 0;
+    }
+    return 1;
+}
+
+static void h_run_get(struct ctx *c)
+{
+    struct ft_error err;
+    int64_t id;
+    json_t *o;
+    if (!find_run(c, &id))
+        return;
+    if (ft_store_run_get(c->api->store, id, &o, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 200, o);
+}
+
+static void h_run_status(struct ctx *c)
+{
+    struct ft_error err;
+    int64_t id;
+    char status[16];
+    char *details = NULL;
+    if (!find_run(c, &id))
+        return;
+    if (ft_store_run_status(c->api->store, id, status, &details, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 200, json_pack("{s:s, s:s?}", "status", status, "details", details));
+    free(details);
+}
+
+static void h_run_logs(struct ctx *c)
+{
+    int64_t id;
+    if (!find_run(c, &id))
+        return;
+    char *text = ft_store_logs_since(c->api->store, id, 0, NULL);
+    if (!text)
+        return fail(c, FT_ENOMEM, NULL, "out of memory");
+    c->resp->status = 200;
+    c->resp->content_type = "text/plain; charset=utf-8";
+    c->resp->kind = FT_BODY_BUFFER;
+    c->resp->body = text;
+    c->resp->body_len = strlen(text);
+}
+
+static void h_run_logstream(struct ctx *c)
+{
+    int64_t id;
+    if (!find_run(c, &id))
+        return;
+    c->resp->status = 200;
+    c->resp->content_type = "text/event-stream";
+    c->resp->kind = FT_BODY_LOGSTREAM;
+    c->resp->run_id = id;
+}
+
+static void h_run_metrics(struct ctx *c)
+{
+    int64_t id;
+    if (!find_run(c, &id))
+        return;
+    json_t *m = ft_store_metrics_get(c->api->store, id);
+    if (!m)
+        return fail(c, FT_EDB, NULL, "could not read metrics");
+    respond_json(c, 200, m);
+}
+
+static void h_run_artifact(struct ctx *c)
+{
+    struct ft_error err;
+    int64_t id;
+    char status[16];
+    if (!find_run(c, &id))
+        return;
+    if (ft_store_run_status(c->api->store, id, status, NULL, &err) != FT_OK)
+        return respond_error(c, &err);
+    if (strcmp(status, "FINISHED") != 0)
+        return fail(c, FT_ECONFLICT, "run",
+                    "run '%s' is %s; its artifact exists once it is FINISHED", c->cap[1], status);
+    char *path = ft_store_artifact_path(c->api->store, id);
+    if (!path || access(path, R_OK) != 0) {
+        free(path);
+        return fail(c, FT_EINTERNAL, "run", "the artifact of run '%s' is missing", c->cap[1]);
+    }
+    c->resp->status = 200;
+    c->resp->content_type = "application/octet-stream";
+    c->resp->kind = FT_BODY_FILE;
+    c->resp->file_path = path;
+}
+
+static void h_run_cancel(struct ctx *c)
+{
+    struct ft_error err;
+    int64_t id;
+    json_t *o;
+    if (!find_run(c, &id))
+        return;
+    if (ft_store_run_cancel(c->api->store, id, &err) != FT_OK)
+        return respond_error(c, &err);
+    if (c->api->wake)
+        c->api->wake(c->api->wake_ctx);
+    if (ft_store_run_get(c->api->store, id, &o, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_json(c, 200, o);
+}
+
+static void h_run_delete(struct ctx *c)
+{
+    struct ft_error err;
+    int64_t id;
+    if (!find_run(c, &id))
+        return;
+    if (ft_store_run_delete(c->api->store, id, &err) != FT_OK)
+        return respond_error(c, &err);
+    respond_deleted(c, c->cap[1]);
+}
+
+/* ---- routing ---- */
+
+struct route {
+    const char *method;
+    const char *pattern; /* after /api/v1; "*" matches one segment */
+    handler_fn fn;
+};
+
+static const struct route routes[] = {
+    {"GET", "/health", h_health},
+    {"GET", "/datasets", h_dataset_list},
+    {"PUT", "/datasets/*", h_dataset_put},
+    {"GET", "/datasets/*", h_dataset_get},
+    {"DELETE", "/datasets/*", h_dataset_delete},
+    {"POST", "/experiments", h_experiment_create},
+    {"GET", "/experiments", h_experiment_list},
+    {"GET", "/experiments/*", h_experiment_get},
+    {"DELETE", "/experiments/*", h_experiment_delete},
+    {"POST", "/experiments/*/runs", h_run_submit},
+    {"GET", "/experiments/*/runs", h_run_list},
+    {"GET", "/experiments/*/runs/*", h_run_get},
+    {"DELETE", "/experiments/*/runs/*", h_run_delete},
+    {"GET", "/experiments/*/runs/*/status", h_run_status},
+    {"GET", "/experiments/*/runs/*/logs", h_run_logs},
+    {"GET", "/experiments/*/runs/*/logstream", h_run_logstream},
+    {"GET", "/experiments/*/runs/*/metrics", h_run_metrics},
+    {"GET", "/experiments/*/runs/*/artifact", h_run_artifact},
+    {"POST", "/experiments/*/runs/*/cancel", h_run_cancel},
+};
+
+/* Split path into segments (in c->segbuf); returns the count, -1 when too many. */
+static int split(struct ctx *c, const char *path, const char **segs)
+{
+    int n = 0;
+    snprintf(c->segbuf, sizeof c->segbuf, "%s", path);
+    for (char *p = c->segbuf; *p;) {
+        while (*p == '/')
+            *p++ = '\0';
+        if (!*p)
+            break;
+        if (n == MAX_SEGS)
+            return -1;
+        segs[n++] = p;
+        while (*p && *p != '/')
+            p++;
+    }
+    return n;
+}
+
+/* Does pattern match segs? Fills c->cap. */
+static int match(struct ctx *c, const char *pattern, const char **segs, int n)
+{
+    char buf[128];
+    const char *pseg[MAX_SEGS];
+    int pn = 0, ncap = 0;
+    snprintf(buf, sizeof buf, "%s", pattern);
+    for (char *tok = buf; *tok && pn < MAX_SEGS;) {
+        while (*tok == '/')
+            *tok++ = '\0';
+        pseg[pn++] = tok;
+        while (*tok && *tok != '/')
+            tok++;
+    }
+    if (pn != n)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        if (strcmp(pseg[i], "*") == 0)
+            c->cap[ncap++] = segs[i];
+        else if (strcmp(pseg[i], segs[i]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static void route(struct ctx *c)
+{
+    const char *segs[MAX_SEGS];
+    const char *path = c->req->path;
+    size_t plen = strlen(API_PREFIX);
+    int n = -1;
+    if (strncmp(path, API_PREFIX, plen) == 0 && (path[plen] == '/' || path[plen] == '\0'))
+        n = split(c, path + plen, segs);
+    int path_found = 0;
+    for (size_t i = 0; n >= 0 && i < sizeof routes / sizeof routes[0]; i++) {
+        if (!match(c, routes[i].pattern, segs, n))
+            continue;
+        if (strcmp(routes[i].method, c->req->method) == 0)
+            return routes[i].fn(c);
+        size_t len = strlen(c->resp->allow);
+        snprintf(c->resp->allow + len, sizeof c->resp->allow - len, "%s%s", len ? ", " : "",
+                 routes[i].method);
+        path_found = 1;
+    }
+    if (path_found)
+        return fail(c, FT_EMETHOD_NOT_ALLOWED, "method", "%s is not allowed on %s (allowed: %s)",
+                    c->req->method, path, c->resp->allow);
+    fail(c, FT_ENOT_FOUND, "path",
+         "no such endpoint: %.200s (see GET /api/v1/health and the "
+         "README's API table)",
+         path);
+}
+
+void ft_api_handle(struct ft_api *api, const struct ft_http_request *req,
+                   struct ft_http_response *resp)
+{
+    struct ctx c = {0};
+    c.api = api;
+    c.req = req;
+    c.resp = resp;
+    route(&c);
+    if (resp->kind == FT_BODY_BUFFER && !resp->body) {
+        resp->status = 500;
+        resp->content_type = "application/json";
+        resp->body = strdup("{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of "
+                            "memory\",\"param\":null}}");
+        resp->body_len = resp->body ? strlen(resp->body) : 0;
+    }
+}

@@ -1,0 +1,183 @@
+/* config.c — the settings table, shared by the config file and the flags. */
+#include "config.h"
+
+#include "log.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum kind { K_STR, K_INT };
+
+struct setting {
+    const char *name; /* flag without "--", '-' separated */
+    enum kind kind;
+    size_t offset, size;
+    long lo, hi;
+};
+
+#define STR(n, f)                                                                         \
+    {                                                                                     \
+        n, K_STR, offsetof(struct ft_config, f), sizeof(((struct ft_config *)0)->f), 0, 0 \
+    }
+#define INT(n, f, lo, hi)                                  \
+    {                                                      \
+        n, K_INT, offsetof(struct ft_config, f), 0, lo, hi \
+    }
+
+static const struct setting settings[] = {
+    STR("host", host),           INT("port", port, 0, 65535),
+    STR("data-dir", data_dir),   INT("workers", workers, 1, 64),
+    STR("log-level", log_level), INT("max-upload-mb", max_upload_mb, 1, 65536),
+};
+
+void ft_config_default(struct ft_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    c->port = 8910;
+    snprintf(c->data_dir, sizeof c->data_dir, "./finetunerd-data");
+    c->workers = 1;
+    snprintf(c->log_level, sizeof c->log_level, "info");
+    c->max_upload_mb = 1024;
+    c->worker_run = -1;
+}
+
+const char *ft_config_usage(void)
+{
+    return "usage: finetunerd [options]\n"
+           "\n"
+           "  --host ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
+           "  --port N             TCP port (default 8910; 0 = any free port)\n"
+           "  --data-dir DIR       SQLite database, datasets and artifacts\n"
+           "                       (default ./finetunerd-data)\n"
+           "  --workers N          runs trained at once, each in its own process (default 1)\n"
+           "  --log-level LEVEL    debug | info | warn | error (default info)\n"
+           "  --max-upload-mb N    largest dataset upload in MiB (default 1024)\n"
+           "  --config FILE        read settings from FILE first: one 'key = value' a line,\n"
+           "                       keys as the flags without dashes (data_dir = /var/lib/ft)\n"
+           "  --help               this text\n"
+           "\n"
+           "The REST API is served under http://HOST:PORT/api/v1 (see README.md).\n";
+}
+
+static const struct setting *find(const char *name)
+{
+    char norm[64];
+    snprintf(norm, sizeof norm, "%s", name);
+    for (char *p = norm; *p; p++)
+        if (*p == '_')
+            *p = '-';
+    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++)
+        if (strcmp(settings[i].name, norm) == 0)
+            return &settings[i];
+    return NULL;
+}
+
+static enum ft_err set(struct ft_config *c, const struct setting *s, const char *value,
+                       const char *where, struct ft_error *err)
+{
+    char *dst = (char *)c + s->offset;
+    if (s->kind == K_STR) {
+        if (!value[0] || strlen(value) >= s->size)
+            return ft_error_set(err, FT_EINVAL, where, "%s: value must be 1 to %zu characters",
+                                where, s->size - 1);
+        snprintf(dst, s->size, "%s", value);
+    } else {
+        char *end;
+        long v = strtol(value, &end, 10);
+        if (!value[0] || *end || v < s->lo || v > s->hi)
+            return ft_error_set(err, FT_EINVAL, where,
+                                "%s: expected an integer in [%ld, %ld], got '%s'", where, s->lo,
+                                s->hi, value);
+        *(int *)(void *)dst = (int)v;
+    }
+    if (strcmp(s->name, "log-level") == 0) {
+        enum ft_log_level lvl;
+        if (ft_log_level_parse(c->log_level, &lvl) != 0)
+            return ft_error_set(err, FT_EINVAL, where,
+                                "%s: log level must be debug, info, warn or error", where);
+    }
+    return FT_OK;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+enum ft_err ft_config_load_file(struct ft_config *c, const char *path, struct ft_error *err)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024], where[600];
+    enum ft_err e = FT_OK;
+    if (!f)
+        return ft_error_set(err, FT_EIO, "--config", "cannot read config file %s", path);
+    for (int ln = 1; e == FT_OK && fgets(line, sizeof line, f); ln++) {
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        char *eq = strchr(s, '=');
+        snprintf(where, sizeof where, "%s:%d", path, ln);
+        if (!eq) {
+            e = ft_error_set(err, FT_EINVAL, where, "%s: expected 'key = value'", where);
+            break;
+        }
+        *eq = '\0';
+        const struct setting *st = find(trim(s));
+        if (!st)
+            e = ft_error_set(err, FT_EINVAL, where, "%s: unknown setting '%s'", where, trim(s));
+        else
+            e = set(c, st, trim(eq + 1), where, err);
+    }
+    fclose(f);
+    return e;
+}
+
+enum ft_err ft_config_parse_args(struct ft_config *c, int argc, char **argv, struct ft_error *err)
+{
+    for (int i = 1; i + 1 < argc; i++) /* the file first, so flags win */
+        if (strcmp(argv[i], "--config") == 0) {
+            snprintf(c->config_file, sizeof c->config_file, "%s", argv[i + 1]);
+            enum ft_err e = ft_config_load_file(c, argv[i + 1], err);
+            if (e != FT_OK)
+                return e;
+        }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            c->help = 1;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0)
+            return ft_error_set(err, FT_EINVAL, a, "unexpected argument '%s' (see --help)", a);
+        if (i + 1 >= argc)
+            return ft_error_set(err, FT_EINVAL, a, "%s needs a value", a);
+        const char *v = argv[++i];
+        if (strcmp(a, "--config") == 0)
+            continue;
+        if (strcmp(a, "--worker") == 0) {
+            char *end;
+            c->worker_run = strtoll(v, &end, 10);
+            if (*end || c->worker_run < 0)
+                return ft_error_set(err, FT_EINVAL, a, "--worker needs a run id");
+            continue;
+        }
+        const struct setting *st = find(a + 2);
+        if (!st)
+            return ft_error_set(err, FT_EINVAL, a, "unknown option '%s' (see --help)", a);
+        enum ft_err e = set(c, st, v, a, err);
+        if (e != FT_OK)
+            return e;
+    }
+    return FT_OK;
+}

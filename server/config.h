@@ -1,0 +1,32 @@
+/* config.h — finetunerd's settings: one table, read from a config file and then the command
+ * line (flags win). The file has one "key = value" per line ('#' starts a comment); keys are
+ * the flag names without dashes, with '_' or '-': host, port, data_dir, workers, log_level,
+ * max_upload_mb. */
+#ifndef FT_CONFIG_H
+#define FT_CONFIG_H
+
+#include "ft_error.h"
+
+struct ft_config {
+    char host[64];         /* --host, default 127.0.0.1 */
+    int port;              /* --port, default 8910 (0 = any free port) */
+    char data_dir[512];    /* --data-dir, default ./finetunerd-data */
+    int workers;           /* --workers, concurrent runs, default 1 */
+    char log_level[16];    /* --log-level debug|info|warn|error, default info */
+    int max_upload_mb;     /* --max-upload-mb, dataset upload limit, default 1024 */
+    char config_file[512]; /* --config FILE */
+    long long worker_run;  /* --worker ID (internal: run one training worker), -1 = daemon */
+    int help;              /* --help given */
+};
+
+/* Defaults. */
+void ft_config_default(struct ft_config *c);
+/* Apply argv (argv[0] skipped), reading --config FILE first when given. FT_EINVAL with param
+ * = the flag and a message for unknown flags, missing or bad values. */
+enum ft_err ft_config_parse_args(struct ft_config *c, int argc, char **argv, struct ft_error *err);
+/* Apply a config file. FT_EIO when unreadable, FT_EINVAL naming "file:line". */
+enum ft_err ft_config_load_file(struct ft_config *c, const char *path, struct ft_error *err);
+/* The --help text (static). */
+const char *ft_config_usage(void);
+
+#endif

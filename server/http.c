@@ -1,0 +1,408 @@
+/* http.c — libmicrohttpd glue: read the request (with limits), call the API, send the answer.
+ *
+ * Thread per connection, so the log stream's reader may block while it waits for new lines.
+ * Bodies over the limit are drained and answered 413 (never cut silently). multipart/form-data
+ * goes through MHD's post processor into named parts. */
+#include "http.h"
+
+#include "api.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JSON_LIMIT (1u << 20)
+#define POST_BUFFER 65536
+
+struct ft_http_server {
+    struct MHD_Daemon *mhd;
+    struct ft_api *api;
+    size_t max_upload;
+    int port;
+};
+
+/* Per-connection request state (freed by request_completed). */
+struct conn {
+    struct ft_http_request req;
+    struct MHD_PostProcessor *pp;
+    size_t limit, received;
+    size_t body_cap;
+    int too_large;
+    int bad_multipart;
+    char *path, *ctype; /* owned copies */
+};
+
+const char *ft_http_arg(const struct ft_http_request *req, const char *key)
+{
+    for (int i = 0; i < req->num_args; i++)
+        if (strcmp(req->arg_key[i], key) == 0)
+            return req->arg_val[i];
+    return NULL;
+}
+
+const struct ft_http_part *ft_http_part(const struct ft_http_request *req, const char *name)
+{
+    for (int i = 0; i < req->num_parts; i++)
+        if (strcmp(req->parts[i].name, name) == 0)
+            return &req->parts[i];
+    return NULL;
+}
+
+void ft_http_request_clear(struct ft_http_request *req)
+{
+    free(req->body);
+    req->body = NULL;
+    for (int i = 0; i < req->num_parts; i++)
+        free(req->parts[i].data);
+    req->num_parts = 0;
+}
+
+void ft_http_response_clear(struct ft_http_response *resp)
+{
+    free(resp->body);
+    free(resp->file_path);
+    resp->body = NULL;
+    resp->file_path = NULL;
+}
+
+/* ---- reading ---- */
+
+static int append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap : 4096;
+        while (*len + n + 1 > nc)
+            nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, data, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size)
+{
+    struct conn *c = cls;
+    struct ft_http_part *p = NULL;
+    (void)kind, (void)filename, (void)content_type, (void)transfer_encoding, (void)off;
+    for (int i = 0; i < c->req.num_parts; i++)
+        if (strcmp(c->req.parts[i].name, key) == 0)
+            p = &c->req.parts[i];
+    if (!p) {
+        if (c->req.num_parts == FT_HTTP_MAX_PARTS) {
+            c->bad_multipart = 1;
+            return MHD_NO;
+        }
+        p = &c->req.parts[c->req.num_parts++];
+        memset(p, 0, sizeof *p);
+        snprintf(p->name, sizeof p->name, "%s", key);
+    }
+    if (size && append(&p->data, &p->len, &p->cap, data, size) != 0)
+        return MHD_NO;
+    if (!p->data && append(&p->data, &p->len, &p->cap, "", 0) != 0)
+        return MHD_NO;
+    return MHD_YES;
+}
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    struct ft_http_request *req = cls;
+    (void)kind;
+    if (req->num_args < FT_HTTP_MAX_ARGS) {
+        req->arg_key[req->num_args] = key;
+        req->arg_val[req->num_args++] = value ? value : "";
+    }
+    return MHD_YES;
+}
+
+static struct conn *conn_new(struct ft_http_server *srv, struct MHD_Connection *mc, const char *url,
+                             const char *method)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    const char *ct = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Type");
+    c->path = strdup(url);
+    c->ctype = ct ? strdup(ct) : NULL;
+    c->req.method = method;
+    c->req.path = c->path;
+    c->req.content_type = c->ctype;
+    MHD_get_connection_values(mc, MHD_GET_ARGUMENT_KIND, collect_arg, &c->req);
+    int upload = strcmp(method, "PUT") == 0 && strncmp(url, "/api/v1/datasets/", 17) == 0;
+    c->limit = upload ? srv->max_upload : JSON_LIMIT;
+    if (ct && strncmp(ct, "multipart/form-data", 19) == 0)
+        c->pp = MHD_create_post_processor(mc, POST_BUFFER, on_part, c);
+    return c;
+}
+
+static void conn_free(struct conn *c)
+{
+    if (!c)
+        return;
+    if (c->pp)
+        MHD_destroy_post_processor(c->pp);
+    ft_http_request_clear(&c->req);
+    free(c->path);
+    free(c->ctype);
+    free(c);
+}
+
+/* Take one chunk of the body. */
+static void consume(struct conn *c, const char *data, size_t size)
+{
+    c->received += size;
+    if (c->too_large || c->received > c->limit) {
+        c->too_large = 1;
+        return;
+    }
+    if (c->pp) {
+        if (MHD_post_process(c->pp, data, size) != MHD_YES)
+            c->bad_multipart = 1;
+        return;
+    }
+    if (append(&c->req.body, &c->req.body_len, &c->body_cap, data, size) != 0)
+        c->too_large = 1;
+}
+
+/* ---- answering ---- */
+
+struct stream {
+    struct ft_api *api;
+    int64_t run_id, last_seq;
+    char *pending; /* bytes not yet handed to MHD */
+    size_t len, off;
+    int done;
+};
+
+static int terminal(const char *status)
+{
+    return strcmp(status, "CREATED") != 0 && strcmp(status, "STARTED") != 0;
+}
+
+/* Refill s->pending with new log lines as SSE events, or the end event. Blocks up to ~15 s. */
+static void stream_fill(struct stream *s)
+{
+    for (int waited = 0; waited < 75; waited++) {
+        char status[16] = "";
+        ft_store_run_status(s->api->store, s->run_id, status, NULL, NULL);
+        char *lines = ft_store_logs_since(s->api->store, s->run_id, s->last_seq, &s->last_seq);
+        size_t cap = 0;
+        s->len = s->off = 0;
+        for (char *p = lines; p && *p;) {
+            char *nl = strchr(p, '\n');
+            size_t n = nl ? (size_t)(nl - p) : strlen(p);
+            append(&s->pending, &s->len, &cap, "data: ", 6);
+            append(&s->pending, &s->len, &cap, p, n);
+            append(&s->pending, &s->len, &cap, "\n\n", 2);
+            p += n + (nl ? 1 : 0);
+        }
+        free(lines);
+        if (s->len)
+            return;
+        if (!status[0] || terminal(status) || (s->api->stopping && *s->api->stopping)) {
+            char end[64];
+            snprintf(end, sizeof end, "event: end\ndata: %s\n\n", status[0] ? status : "GONE");
+            append(&s->pending, &s->len, &cap, end, strlen(end));
+            s->done = 1;
+            return;
+        }
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    size_t cap = 0;
+    append(&s->pending, &s->len, &cap, ": keepalive\n\n", 13);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct stream *s = cls;
+    (void)pos;
+    if (s->off == s->len) {
+        if (s->done)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        stream_fill(s);
+    }
+    size_t n = s->len - s->off < max ? s->len - s->off : max;
+    memcpy(buf, s->pending + s->off, n);
+    s->off += n;
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+    struct stream *s = cls;
+    free(s->pending);
+    free(s);
+}
+
+static struct MHD_Response *make_response(struct ft_http_server *srv, struct ft_http_response *r)
+{
+    if (r->kind == FT_BODY_FILE) {
+        int fd = open(r->file_path, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd >= 0 && fstat(fd, &st) == 0)
+            return MHD_create_response_from_fd((uint64_t)st.st_size, fd);
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    if (r->kind == FT_BODY_LOGSTREAM) {
+        struct stream *s = calloc(1, sizeof *s);
+        if (!s)
+            return NULL;
+        s->api = srv->api;
+        s->run_id = r->run_id;
+        return MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s,
+                                                 stream_free);
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(r->body_len, r->body, MHD_RESPMEM_MUST_FREE);
+    if (resp)
+        r->body = NULL; /* MHD owns it now */
+    return resp;
+}
+
+static enum MHD_Result reply(struct MHD_Connection *mc, struct ft_http_server *srv,
+                            struct ft_http_response *r)
+{
+    struct MHD_Response *resp = make_response(srv, r);
+    if (!resp) {
+        static const char oom[] =
+            "{\"error\":{\"code\":\"internal_error\",\"message\":\"could not build the "
+            "response\",\"param\":null}}";
+        resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        r->status = 500;
+        r->content_type = "application/json";
+    }
+    MHD_add_response_header(resp, "Content-Type",
+                            r->content_type ? r->content_type : "application/json");
+    if (r->allow[0])
+        MHD_add_response_header(resp, "Allow", r->allow);
+    if (r->kind == FT_BODY_LOGSTREAM)
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    enum MHD_Result ret = MHD_queue_response(mc, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *mc, struct ft_http_server *srv,
+                                  enum ft_err code, const char *param, const char *msg)
+{
+    struct ft_error err;
+    struct ft_http_response r = {0};
+    ft_error_set(&err, code, param, "%s", msg);
+    r.status = ft_err_http_status(code);
+    r.content_type = "application/json";
+    r.body = ft_api_error_body(&err);
+    r.body_len = r.body ? strlen(r.body) : 0;
+    enum MHD_Result ret = reply(mc, srv, &r);
+    ft_http_response_clear(&r);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **state)
+{
+    struct ft_http_server *srv = cls;
+    struct conn *c = *state;
+    (void)version;
+    if (!c) {
+        c = conn_new(srv, mc, url, method);
+        if (!c)
+            return MHD_NO;
+        *state = c;
+        const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > c->limit)
+            c->too_large = 1; /* drain, then answer 413 */
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        consume(c, upload_data, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (c->too_large) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the request body is larger than the limit of %zu bytes",
+                 c->limit);
+        return send_error(mc, srv, FT_ETOO_LARGE, "body", msg);
+    }
+    if (c->bad_multipart)
+        return send_error(mc, srv, FT_EINVAL, "body",
+                          "malformed multipart/form-data body (or more than 4 parts)");
+    struct ft_http_response r = {0};
+    ft_api_handle(srv->api, &c->req, &r);
+    ft_log(FT_LOG_DEBUG, "http", "%s %s -> %d", method, url, r.status);
+    enum MHD_Result ret = reply(mc, srv, &r);
+    ft_http_response_clear(&r);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *mc, void **state,
+                         enum MHD_RequestTerminationCode code)
+{
+    (void)cls, (void)mc, (void)code;
+    conn_free(*state);
+    *state = NULL;
+}
+
+ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, size_t max_upload)
+{
+    struct sockaddr_in addr = {0};
+    ft_http_server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return NULL;
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        ft_log(FT_LOG_ERROR, "http", "invalid --host '%s' (an IPv4 address)", host);
+        free(srv);
+        return NULL;
+    }
+    srv->api = api;
+    srv->max_upload = max_upload;
+    srv->mhd = MHD_start_daemon(
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+        (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &addr,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)256, MHD_OPTION_END);
+    if (!srv->mhd) {
+        ft_log(FT_LOG_ERROR, "http", "cannot listen on %s:%d: %s", host, port, strerror(errno));
+        free(srv);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : port;
+    return srv;
+}
+
+int ft_http_port(const ft_http_server *srv)
+{
+    return srv->port;
+}
+
+void ft_http_stop(ft_http_server *srv)
+{
+    if (!srv)
+        return;
+    MHD_stop_daemon(srv->mhd);
+    free(srv);
+}

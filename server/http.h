@@ -1,0 +1,67 @@
+/* http.h — the request/response structs the API handlers see, and the libmicrohttpd glue.
+ *
+ * The glue (http.c) reads a request fully (body or multipart parts, with a size limit that
+ * turns into 413), calls ft_api_handle() and turns the response into an MHD response: a
+ * buffer, a file (artifact), or a server-sent-events stream of a run's log. Tests call
+ * ft_api_handle() in-process with hand-built requests. */
+#ifndef FT_HTTP_H
+#define FT_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FT_HTTP_MAX_ARGS 16
+#define FT_HTTP_MAX_PARTS 4
+
+struct ft_http_part {
+    char name[64];
+    char *data; /* owned */
+    size_t len, cap;
+};
+
+struct ft_http_request {
+    const char *method;       /* "GET", ... (borrowed) */
+    const char *path;         /* URL path, e.g. "/api/v1/health" (borrowed) */
+    const char *content_type; /* NULL when absent (borrowed) */
+    char *body;               /* raw body (owned by the request), NUL-terminated */
+    size_t body_len;
+    int num_args;
+    const char *arg_key[FT_HTTP_MAX_ARGS]; /* query arguments (borrowed) */
+    const char *arg_val[FT_HTTP_MAX_ARGS];
+    int num_parts; /* multipart/form-data file and value parts */
+    struct ft_http_part parts[FT_HTTP_MAX_PARTS];
+};
+
+enum ft_http_body_kind { FT_BODY_BUFFER, FT_BODY_FILE, FT_BODY_LOGSTREAM };
+
+struct ft_http_response {
+    int status;
+    const char *content_type; /* static string */
+    enum ft_http_body_kind kind;
+    char *body; /* FT_BODY_BUFFER: owned, malloc'd */
+    size_t body_len;
+    char *file_path;   /* FT_BODY_FILE: owned */
+    int64_t run_id;    /* FT_BODY_LOGSTREAM: the run whose log is streamed */
+    char allow[64];    /* Allow header for 405 */
+};
+
+/* Value of query argument key, or NULL (borrowed). */
+const char *ft_http_arg(const struct ft_http_request *req, const char *key);
+/* Part named name, or NULL (borrowed). */
+const struct ft_http_part *ft_http_part(const struct ft_http_request *req, const char *name);
+/* Free what the request and response own (not the structs). */
+void ft_http_request_clear(struct ft_http_request *req);
+void ft_http_response_clear(struct ft_http_response *resp);
+
+struct ft_api;
+typedef struct ft_http_server ft_http_server;
+
+/* Start listening on host:port (thread per connection). JSON bodies are limited to 1 MiB,
+ * dataset uploads to max_upload bytes. NULL on failure (logged). */
+ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, size_t max_upload);
+/* The port actually bound (for --port 0). */
+int ft_http_port(const ft_http_server *srv);
+/* Stop accepting, close connections, free. NULL is a no-op. */
+void ft_http_stop(ft_http_server *srv);
+
+#endif

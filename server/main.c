@@ -1,0 +1,106 @@
+/* main.c — finetunerd: flags, signals, lifecycle.
+ *
+ * The daemon opens the store, puts runs left STARTED by a previous daemon back in the queue,
+ * starts the scheduler and the HTTP server, and waits for SIGINT/SIGTERM (the handlers only
+ * set a flag). With --worker ID the same binary is a training worker (server/worker.h). */
+#include "api.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "scheduler.h"
+#include "store.h"
+#include "worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_flag;
+static volatile int stopping;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+static int run_daemon(const struct ft_config *cfg)
+{
+    struct ft_error err;
+    ft_store *store;
+    char exe[1024];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        ft_log(FT_LOG_ERROR, "main", "cannot find my own executable");
+        return 1;
+    }
+    exe[n] = '\0';
+    if (ft_store_open(cfg->data_dir, &store, &err) != FT_OK) {
+        ft_log(FT_LOG_ERROR, "main", "%s", err.message);
+        return 1;
+    }
+    int requeued = ft_store_runs_requeue_started(
+        store, "finetunerd restarted; the run starts again from the beginning");
+    if (requeued)
+        ft_log(FT_LOG_INFO, "main", "requeued %d run(s) left STARTED by a previous daemon",
+               requeued);
+    struct ft_scheduler_opts so = {exe, cfg->data_dir, cfg->log_level, cfg->workers};
+    ft_scheduler *sched = ft_scheduler_start(store, &so);
+    struct ft_api api = {store, (size_t)cfg->max_upload_mb << 20, ft_scheduler_wake, sched,
+                         &stopping};
+    ft_http_server *http = sched ? ft_http_start(&api, cfg->host, cfg->port, api.max_upload) : NULL;
+    if (!http) {
+        ft_scheduler_stop(sched, 5);
+        ft_store_close(store);
+        return 1;
+    }
+    ft_log(FT_LOG_INFO, "main",
+           "finetunerd listening on http://%s:%d/api/v1 data_dir=%s workers=%d", cfg->host,
+           ft_http_port(http), cfg->data_dir, cfg->workers);
+    while (!stop_flag) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    ft_log(FT_LOG_INFO, "main", "shutting down");
+    stopping = 1;
+    ft_http_stop(http);
+    ft_scheduler_stop(sched, 10);
+    ft_store_close(store);
+    ft_log(FT_LOG_INFO, "main", "stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct ft_config cfg;
+    struct ft_error err;
+    enum ft_log_level lvl;
+    ft_config_default(&cfg);
+    if (ft_config_parse_args(&cfg, argc, argv, &err) != FT_OK) {
+        fprintf(stderr, "finetunerd: %s\n", err.message);
+        return 2;
+    }
+    if (cfg.help) {
+        fputs(ft_config_usage(), stdout);
+        return 0;
+    }
+    ft_log_level_parse(cfg.log_level, &lvl);
+    ft_log_threshold = lvl;
+    if (cfg.worker_run >= 0)
+        return ft_worker_main(cfg.worker_run, cfg.data_dir);
+    install_signals();
+    return run_daemon(&cfg);
+}

@@ -1,0 +1,804 @@
+/* store.c — SQLite persistence of datasets, experiments, runs, run logs and metrics.
+ *
+ * One connection per process, WAL journal, busy timeout 10 s (the daemon and its workers write
+ * the same file). Every public function takes the store mutex, so the daemon's HTTP threads
+ * and scheduler never interleave statements or transactions on the shared connection. */
+#include "store.h"
+
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct ft_store {
+    sqlite3 *db;
+    char *dir;
+    pthread_mutex_t mu;
+};
+
+static const char *const schema =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA foreign_keys=ON;"
+    "CREATE TABLE IF NOT EXISTS datasets("
+    "  name TEXT PRIMARY KEY, format TEXT NOT NULL, rows INTEGER NOT NULL,"
+    "  dims INTEGER NOT NULL, labels INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+    "  created_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS experiments("
+    "  name TEXT PRIMARY KEY, created_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS runs("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  experiment TEXT NOT NULL REFERENCES experiments(name),"
+    "  name TEXT NOT NULL, description TEXT, config TEXT NOT NULL,"
+    "  status TEXT NOT NULL DEFAULT 'CREATED', details TEXT,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0, pid INTEGER,"
+    "  created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
+    "  UNIQUE(experiment, name));"
+    "CREATE TABLE IF NOT EXISTS run_datasets("
+    "  run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, dataset TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS run_datasets_by_name ON run_datasets(dataset);"
+    "CREATE TABLE IF NOT EXISTS logs("
+    "  run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  seq INTEGER NOT NULL, line TEXT NOT NULL, PRIMARY KEY(run_id, seq));"
+    "CREATE TABLE IF NOT EXISTS metrics("
+    "  run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  phase TEXT NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL,"
+    "  PRIMARY KEY(run_id, phase, epoch));";
+
+#define NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+#define ACTIVE "('CREATED','STARTED')"
+
+static void lock(ft_store *s)
+{
+    pthread_mutex_lock(&s->mu);
+}
+
+static void unlock(ft_store *s)
+{
+    pthread_mutex_unlock(&s->mu);
+}
+
+static enum ft_err db_error(ft_store *s, struct ft_error *err, const char *what)
+{
+    ft_log(FT_LOG_ERROR, "store", "%s: %s", what, sqlite3_errmsg(s->db));
+    return ft_error_set(err, FT_EDB, NULL, "database error while %s: %s", what,
+                        sqlite3_errmsg(s->db));
+}
+
+/* Prepare sql and bind the text arguments ("s") and integers ("i") given in types. */
+static sqlite3_stmt *prep(ft_store *s, const char *sql, const char *types, ...)
+{
+    sqlite3_stmt *st = NULL;
+    va_list ap;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        ft_log(FT_LOG_ERROR, "store", "prepare failed: %s: %s", sqlite3_errmsg(s->db), sql);
+        return NULL;
+    }
+    va_start(ap, types);
+    for (int i = 0; types && types[i]; i++) {
+        if (types[i] == 's') {
+            const char *v = va_arg(ap, const char *);
+            if (v)
+                sqlite3_bind_text(st, i + 1, v, -1, SQLITE_TRANSIENT);
+            else
+                sqlite3_bind_null(st, i + 1);
+        } else {
+            sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+        }
+    }
+    va_end(ap);
+    return st;
+}
+
+/* Run a statement that returns no rows; SQLITE_DONE on success. */
+static int exec_stmt(sqlite3_stmt *st)
+{
+    if (!st)
+        return SQLITE_ERROR;
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? SQLITE_DONE : rc;
+}
+
+static char *path_join(const char *dir, const char *fmt, ...)
+{
+    char tail[512], *out;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tail, sizeof tail, fmt, ap);
+    va_end(ap);
+    size_t len = strlen(dir) + strlen(tail) + 2;
+    out = malloc(len);
+    if (out)
+        snprintf(out, len, "%s/%s", dir, tail);
+    return out;
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error *err)
+{
+    ft_store *s = calloc(1, sizeof *s);
+    char *dbpath = NULL, *dsdir = NULL, *rundir = NULL;
+    enum ft_err e = FT_OK;
+    *out = NULL;
+    if (!s || !(s->dir = strdup(data_dir)))
+        e = ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    if (e == FT_OK) {
+        pthread_mutex_init(&s->mu, NULL);
+        dbpath = path_join(data_dir, "finetunerd.db");
+        dsdir = path_join(data_dir, "datasets");
+        rundir = path_join(data_dir, "runs");
+        if (!dbpath || !dsdir || !rundir)
+            e = ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    }
+    if (e == FT_OK && (mkdir_p(data_dir) || mkdir_p(dsdir) || mkdir_p(rundir)))
+        e = ft_error_set(err, FT_EIO, "data_dir", "cannot create data directory %s: %s", data_dir,
+                         strerror(errno));
+    if (e == FT_OK &&
+        sqlite3_open_v2(dbpath, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        NULL) != SQLITE_OK)
+        e = ft_error_set(err, FT_EDB, "data_dir", "cannot open %s: %s", dbpath,
+                         s->db ? sqlite3_errmsg(s->db) : "out of memory");
+    if (e == FT_OK) {
+        sqlite3_busy_timeout(s->db, 10000);
+        char *msg = NULL;
+        if (sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
+            e = ft_error_set(err, FT_EDB, "data_dir", "cannot create schema in %s: %s", dbpath,
+                             msg ? msg : "?");
+            sqlite3_free(msg);
+        }
+    }
+    free(dbpath);
+    free(dsdir);
+    free(rundir);
+    if (e != FT_OK) {
+        ft_store_close(s);
+        return e;
+    }
+    *out = s;
+    return FT_OK;
+}
+
+void ft_store_close(ft_store *s)
+{
+    if (!s)
+        return;
+    if (s->db)
+        sqlite3_close(s->db);
+    if (s->dir)
+        pthread_mutex_destroy(&s->mu);
+    free(s->dir);
+    free(s);
+}
+
+const char *ft_store_dir(const ft_store *s)
+{
+    return s->dir;
+}
+
+int ft_store_valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 100 || name[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-';
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* ---- JSON from rows ---- */
+
+static json_t *col_json(sqlite3_stmt *st, int i)
+{
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_INTEGER:
+        return json_integer(sqlite3_column_int64(st, i));
+    case SQLITE_FLOAT:
+        return json_real(sqlite3_column_double(st, i));
+    case SQLITE_NULL:
+        return json_null();
+    default:
+        return json_string((const char *)sqlite3_column_text(st, i));
+    }
+}
+
+/* The current row as an object keyed by column names. */
+static json_t *row_json(sqlite3_stmt *st)
+{
+    json_t *o = json_object();
+    for (int i = 0; i < sqlite3_column_count(st); i++)
+        json_object_set_new(o, sqlite3_column_name(st, i), col_json(st, i));
+    return o;
+}
+
+/* All rows as an array (NULL on error). Finalizes st. */
+static json_t *rows_json(sqlite3_stmt *st)
+{
+    json_t *arr = json_array();
+    int rc;
+    if (!st) {
+        json_decref(arr);
+        return NULL;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, row_json(st));
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+/* The first row as an object, or NULL when there is none. Finalizes st. */
+static json_t *one_json(sqlite3_stmt *st)
+{
+    json_t *o = NULL;
+    if (st && sqlite3_step(st) == SQLITE_ROW)
+        o = row_json(st);
+    sqlite3_finalize(st);
+    return o;
+}
+
+/* ---- datasets ---- */
+
+#define DATASET_COLS "name, format, rows, dims, labels, bytes, created_at"
+
+char *ft_store_dataset_path(const ft_store *s, const char *name)
+{
+    return path_join(s->dir, "datasets/%s.safetensors", name);
+}
+
+enum ft_err ft_store_dataset_insert(ft_store *s, const struct ft_dataset_info *info,
+                                    struct ft_error *err)
+{
+    lock(s);
+    int rc = exec_stmt(prep(s, "INSERT INTO datasets(" DATASET_COLS ") VALUES(?,?,?,?,?,?," NOW ")",
+                            "ssiiii", info->name, info->format, info->rows, (int64_t)info->dims,
+                            (int64_t)info->labels, info->bytes));
+    enum ft_err e = FT_OK;
+    if (rc == SQLITE_CONSTRAINT)
+        e = ft_error_set(err, FT_ECONFLICT, "name",
+                         "dataset '%s' already exists; delete it first or pick another name",
+                         info->name);
+    else if (rc != SQLITE_DONE)
+        e = db_error(s, err, "storing the dataset");
+    unlock(s);
+    return e;
+}
+
+enum ft_err ft_store_dataset_get(ft_store *s, const char *name, json_t **out, struct ft_error *err)
+{
+    lock(s);
+    *out = one_json(prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE name = ?", "s", name));
+    unlock(s);
+    if (!*out)
+        return ft_error_set(err, FT_ENOT_FOUND, "dataset", "dataset '%s' does not exist", name);
+    return FT_OK;
+}
+
+json_t *ft_store_dataset_list(ft_store *s)
+{
+    lock(s);
+    json_t *a = rows_json(prep(s, "SELECT " DATASET_COLS " FROM datasets ORDER BY name", NULL));
+    unlock(s);
+    return a;
+}
+
+enum ft_err ft_store_dataset_delete(ft_store *s, const char *name, struct ft_error *err)
+{
+    enum ft_err e = FT_OK;
+    lock(s);
+    json_t *used = one_json(prep(s,
+                                 "SELECT r.name AS run, r.experiment FROM run_datasets d "
+                                 "JOIN runs r ON r.id = d.run_id WHERE d.dataset = ? AND "
+                                 "r.status IN " ACTIVE " LIMIT 1",
+                                 "s", name));
+    if (used) {
+        e = ft_error_set(err, FT_ECONFLICT, "dataset",
+                         "dataset '%s' is used by run '%s' of experiment '%s', which has not "
+                         "ended; cancel it first",
+                         name, json_string_value(json_object_get(used, "run")),
+                         json_string_value(json_object_get(used, "experiment")));
+        json_decref(used);
+    } else {
+        int rc = exec_stmt(prep(s, "DELETE FROM datasets WHERE name = ?", "s", name));
+        if (rc != SQLITE_DONE)
+            e = db_error(s, err, "deleting the dataset");
+        else if (sqlite3_changes(s->db) == 0)
+            e = ft_error_set(err, FT_ENOT_FOUND, "dataset", "dataset '%s' does not exist", name);
+    }
+    if (e == FT_OK) {
+        char *path = ft_store_dataset_path(s, name);
+        if (path)
+            unlink(path);
+        free(path);
+    }
+    unlock(s);
+    return e;
+}
+
+/* ---- experiments ---- */
+
+static enum ft_err ensure_locked(ft_store *s, const char *name, int *created, struct ft_error *err)
+{
+    int rc = exec_stmt(prep(
+        s, "INSERT OR IGNORE INTO experiments(name, created_at) VALUES(?, " NOW ")", "s", name));
+    if (rc != SQLITE_DONE)
+        return db_error(s, err, "creating the experiment");
+    if (created)
+        *created = sqlite3_changes(s->db) > 0;
+    return FT_OK;
+}
+
+enum ft_err ft_store_experiment_ensure(ft_store *s, const char *name, int *created,
+                                       struct ft_error *err)
+{
+    lock(s);
+    enum ft_err e = ensure_locked(s, name, created, err);
+    unlock(s);
+    return e;
+}
+
+#define EXPERIMENT_SELECT                                                                     \
+    "SELECT e.name, e.created_at, (SELECT COUNT(*) FROM runs r WHERE r.experiment = e.name) " \
+    "AS num_runs FROM experiments e"
+
+enum ft_err ft_store_experiment_get(ft_store *s, const char *name, json_t **out,
+                                    struct ft_error *err)
+{
+    lock(s);
+    *out = one_json(prep(s, EXPERIMENT_SELECT " WHERE e.name = ?", "s", name));
+    unlock(s);
+    if (!*out)
+        return ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist",
+                            name);
+    return FT_OK;
+}
+
+json_t *ft_store_experiment_list(ft_store *s)
+{
+    lock(s);
+    json_t *a = rows_json(prep(s, EXPERIMENT_SELECT " ORDER BY e.name", NULL));
+    unlock(s);
+    return a;
+}
+
+static void remove_run_files(ft_store *s, int64_t id)
+{
+    char *dir = ft_store_run_dir(s, id);
+    DIR *d = dir ? opendir(dir) : NULL;
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char *p = path_join(dir, "%s", de->d_name);
+        if (p)
+            unlink(p);
+        free(p);
+    }
+    if (d) {
+        closedir(d);
+        rmdir(dir);
+    }
+    free(dir);
+}
+
+enum ft_err ft_store_experiment_delete(ft_store *s, const char *name, struct ft_error *err)
+{
+    enum ft_err e = FT_OK;
+    lock(s);
+    json_t *active = one_json(
+        prep(s, "SELECT name FROM runs WHERE experiment = ? AND status IN " ACTIVE " LIMIT 1", "s",
+             name));
+    json_t *ids = rows_json(prep(s, "SELECT id FROM runs WHERE experiment = ?", "s", name));
+    if (active) {
+        e = ft_error_set(err, FT_ECONFLICT, "experiment",
+                         "experiment '%s' has run '%s', which has not ended; cancel it first", name,
+                         json_string_value(json_object_get(active, "name")));
+    } else if (exec_stmt(prep(s, "DELETE FROM runs WHERE experiment = ?", "s", name)) !=
+                   SQLITE_DONE ||
+               exec_stmt(prep(s, "DELETE FROM experiments WHERE name = ?", "s", name)) !=
+                   SQLITE_DONE) {
+        e = db_error(s, err, "deleting the experiment");
+    } else if (sqlite3_changes(s->db) == 0) {
+        e = ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist", name);
+    } else {
+        size_t i;
+        json_t *row;
+        json_array_foreach(ids, i, row)
+        {
+            remove_run_files(s, json_integer_value(json_object_get(row, "id")));
+        }
+    }
+    json_decref(active);
+    json_decref(ids);
+    unlock(s);
+    return e;
+}
+
+/* ---- runs ---- */
+
+static enum ft_err insert_run_locked(ft_store *s, const char *experiment, const char *name,
+                                     const char *description, const char *config,
+                                     const char *const *datasets, int count, int64_t *id,
+                                     struct ft_error *err)
+{
+    char auto_name[64];
+    if (!name) {
+        json_t *r = one_json(prep(s, "SELECT COALESCE(MAX(id), 0) + 1 AS n FROM runs", NULL));
+        int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 1;
+        json_decref(r);
+        snprintf(auto_name, sizeof auto_name, "run-%lld", (long long)n);
+        name = auto_name;
+    }
+    int rc = exec_stmt(prep(s,
+                            "INSERT INTO runs(experiment, name, description, config, created_at)"
+                            " VALUES(?, ?, ?, ?, " NOW ")",
+                            "ssss", experiment, name, description, config));
+    if (rc == SQLITE_CONSTRAINT)
+        return ft_error_set(err, FT_ECONFLICT, "name", "run '%s' already exists in experiment '%s'",
+                            name, experiment);
+    if (rc != SQLITE_DONE)
+        return db_error(s, err, "storing the run");
+    *id = sqlite3_last_insert_rowid(s->db);
+    for (int i = 0; i < count; i++)
+        if (exec_stmt(prep(s, "INSERT INTO run_datasets(run_id, dataset) VALUES(?, ?)", "is", *id,
+                           datasets[i])) != SQLITE_DONE)
+            return db_error(s, err, "storing the run's datasets");
+    return FT_OK;
+}
+
+enum ft_err ft_store_run_insert(ft_store *s, const char *experiment, const char *name,
+                                const char *description, const char *config_json,
+                                const char *const *datasets, int count, int64_t *id,
+                                struct ft_error *err)
+{
+    lock(s);
+    sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    enum ft_err e = ensure_locked(s, experiment, NULL, err);
+    if (e == FT_OK)
+        e = insert_run_locked(s, experiment, name, description, config_json, datasets, count, id,
+                              err);
+    sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    unlock(s);
+    return e;
+}
+
+enum ft_err ft_store_run_find(ft_store *s, const char *experiment, const char *name, int64_t *id,
+                              struct ft_error *err)
+{
+    lock(s);
+    json_t *r = one_json(
+        prep(s, "SELECT id FROM runs WHERE experiment = ? AND name = ?", "ss", experiment, name));
+    json_t *ex =
+        r ? NULL : one_json(prep(s, "SELECT 1 FROM experiments WHERE name = ?", "s", experiment));
+    unlock(s);
+    if (!r) {
+        enum ft_err e =
+            ex ? ft_error_set(err, FT_ENOT_FOUND, "run",
+                              "run '%s' does not exist in experiment '%s'", name, experiment)
+               : ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist",
+                              experiment);
+        json_decref(ex);
+        return e;
+    }
+    *id = json_integer_value(json_object_get(r, "id"));
+    json_decref(r);
+    return FT_OK;
+}
+
+#define RUN_SELECT                                                                            \
+    "SELECT name, experiment, description, status, details, config, created_at, started_at, " \
+    "finished_at FROM runs"
+
+/* Turn the stored config text into JSON in place. */
+static void expand_config(json_t *run)
+{
+    const char *text = json_string_value(json_object_get(run, "config"));
+    json_t *cfg = text ? json_loads(text, 0, NULL) : NULL;
+    json_object_set_new(run, "config", cfg ? cfg : json_null());
+}
+
+enum ft_err ft_store_run_get(ft_store *s, int64_t id, json_t **out, struct ft_error *err)
+{
+    lock(s);
+    *out = one_json(prep(s, RUN_SELECT " WHERE id = ?", "i", id));
+    unlock(s);
+    if (!*out)
+        return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
+    expand_config(*out);
+    return FT_OK;
+}
+
+enum ft_err ft_store_run_list(ft_store *s, const char *experiment, int limit, int offset,
+                              json_t **out, struct ft_error *err)
+{
+    lock(s);
+    json_t *ex =
+        one_json(prep(s, "SELECT COUNT(*) AS n FROM experiments WHERE name = ?", "s", experiment));
+    json_t *total =
+        one_json(prep(s, "SELECT COUNT(*) AS n FROM runs WHERE experiment = ?", "s", experiment));
+    json_t *runs =
+        rows_json(prep(s, RUN_SELECT " WHERE experiment = ? ORDER BY id LIMIT ? OFFSET ?", "sii",
+                       experiment, (int64_t)limit, (int64_t)offset));
+    unlock(s);
+    enum ft_err e = FT_OK;
+    if (!ex || !total || !runs)
+        e = db_error(s, err, "listing runs");
+    else if (json_integer_value(json_object_get(ex, "n")) == 0)
+        e = ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist",
+                         experiment);
+    if (e == FT_OK) {
+        size_t i;
+        json_t *r;
+        json_array_foreach(runs, i, r)
+        {
+            expand_config(r);
+        }
+        *out = json_pack("{s:O, s:O, s:i, s:i}", "runs", runs, "total", json_object_get(total, "n"),
+                         "limit", limit, "offset", offset);
+    }
+    json_decref(ex);
+    json_decref(total);
+    json_decref(runs);
+    return e;
+}
+
+enum ft_err ft_store_run_status(ft_store *s, int64_t id, char *status, char **details,
+                                struct ft_error *err)
+{
+    lock(s);
+    json_t *r = one_json(prep(s, "SELECT status, details FROM runs WHERE id = ?", "i", id));
+    unlock(s);
+    if (!r)
+        return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
+    snprintf(status, 16, "%s", json_string_value(json_object_get(r, "status")));
+    if (details) {
+        const char *d = json_string_value(json_object_get(r, "details"));
+        *details = d ? strdup(d) : NULL;
+    }
+    json_decref(r);
+    return FT_OK;
+}
+
+enum ft_err ft_store_run_config(ft_store *s, int64_t id, char **config, struct ft_error *err)
+{
+    lock(s);
+    json_t *r = one_json(prep(s, "SELECT config FROM runs WHERE id = ?", "i", id));
+    unlock(s);
+    if (!r)
+        return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
+    *config = strdup(json_string_value(json_object_get(r, "config")));
+    json_decref(r);
+    return *config ? FT_OK : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+}
+
+enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
+{
+    enum ft_err e = FT_OK;
+    lock(s);
+    int rc = exec_stmt(prep(s,
+                            "UPDATE runs SET status = 'CANCELED', details = 'canceled before it "
+                            "started', finished_at = " NOW " WHERE id = ? AND status = 'CREATED'",
+                            "i", id));
+    if (rc == SQLITE_DONE && sqlite3_changes(s->db) == 0)
+        rc = exec_stmt(prep(s,
+                            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = "
+                            "'STARTED'",
+                            "i", id));
+    if (rc != SQLITE_DONE)
+        e = db_error(s, err, "canceling the run");
+    else if (sqlite3_changes(s->db) == 0)
+        e = ft_error_set(err, FT_ECONFLICT, "run", "run %lld has already ended", (long long)id);
+    unlock(s);
+    return e;
+}
+
+int ft_store_run_cancel_requested(ft_store *s, int64_t id)
+{
+    lock(s);
+    json_t *r = one_json(prep(s, "SELECT cancel_requested FROM runs WHERE id = ?", "i", id));
+    unlock(s);
+    int yes = r && json_integer_value(json_object_get(r, "cancel_requested"));
+    json_decref(r);
+    return yes;
+}
+
+enum ft_err ft_store_run_delete(ft_store *s, int64_t id, struct ft_error *err)
+{
+    enum ft_err e = FT_OK;
+    lock(s);
+    int rc = exec_stmt(prep(s, "DELETE FROM runs WHERE id = ? AND status != 'STARTED'", "i", id));
+    if (rc != SQLITE_DONE)
+        e = db_error(s, err, "deleting the run");
+    else if (sqlite3_changes(s->db) == 0)
+        e = ft_error_set(err, FT_ECONFLICT, "run",
+                         "run %lld is running; cancel it before deleting it", (long long)id);
+    else
+        remove_run_files(s, id);
+    unlock(s);
+    return e;
+}
+
+enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *err)
+{
+    enum ft_err e = FT_OK;
+    lock(s);
+    sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    json_t *r =
+        one_json(prep(s, "SELECT id FROM runs WHERE status = 'CREATED' ORDER BY id LIMIT 1", NULL));
+    if (!r) {
+        e = FT_ENOT_FOUND;
+    } else {
+        *id = json_integer_value(json_object_get(r, "id"));
+        if (exec_stmt(prep(s,
+                           "UPDATE runs SET status = 'STARTED', started_at = " NOW
+                           " WHERE id = ? AND status = 'CREATED'",
+                           "i", *id)) != SQLITE_DONE)
+            e = db_error(s, err, "starting a run");
+    }
+    sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    unlock(s);
+    json_decref(r);
+    return e;
+}
+
+void ft_store_run_set_pid(ft_store *s, int64_t id, pid_t pid)
+{
+    lock(s);
+    exec_stmt(prep(s, "UPDATE runs SET pid = ? WHERE id = ?", "ii", (int64_t)pid, id));
+    unlock(s);
+}
+
+enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, const char *details)
+{
+    lock(s);
+    int rc = exec_stmt(prep(s,
+                            "UPDATE runs SET status = ?, details = ?, finished_at = " NOW
+                            " WHERE id = ? AND status IN " ACTIVE,
+                            "ssi", status, details, id));
+    int changed = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
+    unlock(s);
+    if (rc != SQLITE_DONE)
+        return FT_EDB;
+    return changed ? FT_OK : FT_ECONFLICT;
+}
+
+int ft_store_runs_requeue_started(ft_store *s, const char *why)
+{
+    lock(s);
+    json_t *ids = rows_json(prep(s, "SELECT id FROM runs WHERE status = 'STARTED'", NULL));
+    size_t i;
+    json_t *row;
+    json_array_foreach(ids, i, row)
+    {
+        int64_t id = json_integer_value(json_object_get(row, "id"));
+        exec_stmt(prep(s, "DELETE FROM metrics WHERE run_id = ?", "i", id));
+        exec_stmt(prep(s, "DELETE FROM logs WHERE run_id = ?", "i", id));
+        exec_stmt(prep(s, "INSERT INTO logs(run_id, seq, line) VALUES(?, 1, ?)", "is", id, why));
+        exec_stmt(prep(s,
+                       "UPDATE runs SET status = 'CREATED', started_at = NULL, pid = NULL "
+                       "WHERE id = ? AND status = 'STARTED'",
+                       "i", id));
+    }
+    unlock(s);
+    int n = (int)json_array_size(ids);
+    json_decref(ids);
+    return n;
+}
+
+char *ft_store_run_dir(const ft_store *s, int64_t id)
+{
+    return path_join(s->dir, "runs/%lld", (long long)id);
+}
+
+char *ft_store_artifact_path(const ft_store *s, int64_t id)
+{
+    return path_join(s->dir, "runs/%lld/model.safetensors", (long long)id);
+}
+
+/* ---- logs and metrics ---- */
+
+void ft_store_log_append(ft_store *s, int64_t id, const char *line)
+{
+    lock(s);
+    exec_stmt(prep(s,
+                   "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
+                   "+ 1 FROM logs WHERE run_id = ?1), ?)",
+                   "is", id, line));
+    unlock(s);
+}
+
+char *ft_store_logs_since(ft_store *s, int64_t id, int64_t after, int64_t *last_seq)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    buf[0] = '\0';
+    lock(s);
+    sqlite3_stmt *st = prep(
+        s, "SELECT seq, line FROM logs WHERE run_id = ? AND seq > ? ORDER BY seq", "ii", id, after);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        const char *line = (const char *)sqlite3_column_text(st, 1);
+        size_t n = strlen(line);
+        if (len + n + 2 > cap) {
+            while (len + n + 2 > cap)
+                cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb)
+                break;
+            buf = nb;
+        }
+        memcpy(buf + len, line, n);
+        len += n;
+        buf[len++] = '\n';
+        buf[len] = '\0';
+        if (last_seq)
+            *last_seq = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    unlock(s);
+    return buf;
+}
+
+void ft_store_metrics_put(ft_store *s, int64_t id, const char *phase, int epoch, json_t *values)
+{
+    char *text = json_dumps(values, JSON_COMPACT);
+    if (!text)
+        return;
+    lock(s);
+    exec_stmt(prep(s, "INSERT OR REPLACE INTO metrics(run_id, phase, epoch, data) VALUES(?,?,?,?)",
+                   "isis", id, phase, (int64_t)epoch, text));
+    unlock(s);
+    free(text);
+}
+
+json_t *ft_store_metrics_get(ft_store *s, int64_t id)
+{
+    json_t *out = json_pack("{s:{}, s:{}, s:[]}", "before", "after", "epochs");
+    lock(s);
+    sqlite3_stmt *st =
+        prep(s, "SELECT phase, data FROM metrics WHERE run_id = ? ORDER BY epoch", "i", id);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        const char *phase = (const char *)sqlite3_column_text(st, 0);
+        json_t *v = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
+        if (!v)
+            continue;
+        if (strcmp(phase, "epoch") == 0)
+            json_array_append_new(json_object_get(out, "epochs"), v);
+        else
+            json_object_set_new(out, phase, v);
+    }
+    sqlite3_finalize(st);
+    unlock(s);
+    return out;
+}

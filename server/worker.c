@@ -1,0 +1,153 @@
+/* worker.c — one run, one process (see worker.h). */
+#include "worker.h"
+
+#include "dataset.h"
+#include "log.h"
+#include "store.h"
+#include "train.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+struct wctx {
+    ft_store *store;
+    int64_t run_id;
+    struct timespec last_check;
+    int canceled;
+};
+
+static void on_log(void *ctx, const char *line)
+{
+    struct wctx *w = ctx;
+    ft_store_log_append(w->store, w->run_id, line);
+    ft_log(FT_LOG_DEBUG, "worker", "run=%lld %s", (long long)w->run_id, line);
+}
+
+static void on_metrics(void *ctx, const char *phase, int epoch, json_t *values)
+{
+    struct wctx *w = ctx;
+    ft_store_metrics_put(w->store, w->run_id, phase, epoch, values);
+}
+
+/* Looks at the store at most every 200 ms (it is called before every batch). */
+static int on_canceled(void *ctx)
+{
+    struct wctx *w = ctx;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double dt = (double)(now.tv_sec - w->last_check.tv_sec) +
+                1e-9 * (double)(now.tv_nsec - w->last_check.tv_nsec);
+    if (!w->canceled && dt >= 0.2) {
+        w->last_check = now;
+        w->canceled = ft_store_run_cancel_requested(w->store, w->run_id);
+    }
+    return w->canceled;
+}
+
+/* Load dataset name (cached in loaded[]/names[] so one file is read once). */
+static enum ft_err load_dataset(ft_store *store, const char *name, const char **names,
+                                struct ft_dataset **loaded, int *count,
+                                const struct ft_dataset **out, struct ft_error *err)
+{
+    for (int i = 0; i < *count; i++) {
+        if (strcmp(names[i], name) == 0) {
+            *out = loaded[i];
+            return FT_OK;
+        }
+    }
+    char *path = ft_store_dataset_path(store, name);
+    enum ft_err e = path ? ft_dataset_load(path, &loaded[*count], err) : FT_ENOMEM;
+    free(path);
+    if (e != FT_OK)
+        return ft_error_set(err, e, NULL, "dataset '%s' could not be loaded: %s", name,
+                            err ? err->message : ft_err_message(e));
+    names[*count] = name;
+    *out = loaded[(*count)++];
+    return FT_OK;
+}
+
+static enum ft_err load_inputs(ft_store *store, const struct ft_run_config *cfg,
+                               struct ft_train_inputs *in, struct ft_dataset **loaded, int *count,
+                               struct ft_error *err)
+{
+    const char *names[2 + 2 * FT_MAX_EVAL_CALLBACKS];
+    enum ft_err e = load_dataset(store, cfg->train_data, names, loaded, count, &in->train, err);
+    if (e == FT_OK && cfg->eval_data[0])
+        e = load_dataset(store, cfg->eval_data, names, loaded, count, &in->eval, err);
+    for (int i = 0; e == FT_OK && i < cfg->callbacks.num_eval; i++) {
+        const struct ft_eval_callback *cb = &cfg->callbacks.eval[i];
+        e = load_dataset(store, cb->query_data, names, loaded, count, &in->query[i], err);
+        if (e == FT_OK && cb->index_data[0])
+            e = load_dataset(store, cb->index_data, names, loaded, count, &in->index[i], err);
+    }
+    return e;
+}
+
+/* Train and return the terminal status; details filled. */
+static const char *run(struct wctx *w, char *details, size_t cap)
+{
+    struct ft_error err = {0};
+    struct ft_run_config cfg;
+    struct ft_train_inputs in = {0};
+    struct ft_train_result res;
+    struct ft_dataset *loaded[2 + 2 * FT_MAX_EVAL_CALLBACKS] = {0};
+    int nloaded = 0;
+    char *text = NULL, *dir = ft_store_run_dir(w->store, w->run_id);
+    char *artifact = ft_store_artifact_path(w->store, w->run_id);
+    enum ft_err e =
+        dir && artifact ? ft_store_run_config(w->store, w->run_id, &text, &err) : FT_ENOMEM;
+    json_t *config = e == FT_OK ? json_loads(text, 0, NULL) : NULL;
+    if (e == FT_OK)
+        e = config ? ft_run_config_parse(config, &cfg, NULL, &err) : FT_EINTERNAL;
+    if (e == FT_OK && mkdir(dir, 0755) != 0 && errno != EEXIST)
+        e = ft_error_set(&err, FT_EIO, NULL, "cannot create %s: %s", dir, strerror(errno));
+    if (e == FT_OK)
+        e = load_inputs(w->store, &cfg, &in, loaded, &nloaded, &err);
+    in.config = config;
+    if (e == FT_OK) {
+        struct ft_train_hooks hooks = {w, on_log, on_metrics, on_canceled};
+        e = ft_train(&cfg, &in, &hooks, artifact, &res, &err);
+    }
+    for (int i = 0; i < nloaded; i++)
+        ft_dataset_free(loaded[i]);
+    json_decref(config);
+    free(text);
+    free(dir);
+    free(artifact);
+    if (e == FT_OK) {
+        snprintf(details, cap, "%s", res.details);
+        return "FINISHED";
+    }
+    snprintf(details, cap, "%s", err.message[0] ? err.message : ft_err_message(e));
+    return e == FT_ECANCELED ? "CANCELED" : "FAILED";
+}
+
+int ft_worker_main(int64_t run_id, const char *data_dir)
+{
+    struct ft_error err;
+    struct wctx w = {0};
+    char details[600], line[700];
+    if (ft_store_open(data_dir, &w.store, &err) != FT_OK) {
+        ft_log(FT_LOG_ERROR, "worker", "run=%lld %s", (long long)run_id, err.message);
+        return 1;
+    }
+    w.run_id = run_id;
+    clock_gettime(CLOCK_MONOTONIC, &w.last_check);
+    const char *status = run(&w, details, sizeof details);
+    if (strcmp(status, "FAILED") == 0)
+        snprintf(line, sizeof line, "Run failed: %s", details);
+    else if (strcmp(status, "CANCELED") == 0)
+        snprintf(line, sizeof line, "Run canceled: %s", details);
+    else
+        line[0] = '\0';
+    if (line[0])
+        ft_store_log_append(w.store, run_id, line);
+    ft_store_run_finish(w.store, run_id, status, details);
+    ft_log(FT_LOG_INFO, "worker", "run=%lld %s: %s", (long long)run_id, status, details);
+    ft_store_close(w.store);
+    return 0;
+}

@@ -1,0 +1,546 @@
+/* test_nn.c — layer kernels and the MLP model against the PyTorch fixtures, central finite
+ * differences (in double, on independent double reference implementations) and the seeded
+ * torch.nn.Linear init. */
+#include "nn.h"
+#include "rng.h"
+#include "support/fixture.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FD_H 1e-6
+#define FD_ATOL 1e-5
+#define FD_RTOL 1e-4
+
+/* ---- helpers ---- */
+
+static void assert_expected(json_t *fx, const char *name, const float *got)
+{
+    size_t n;
+    double *want = fx_doubles(fx, "expected", name, &n);
+    fx_assert_close_tol(fx, name, got, want, n);
+    free(want);
+}
+
+static float *random_floats(struct ft_rng *rng, size_t n, double scale)
+{
+    float *v = malloc(n * sizeof *v);
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)((2.0 * ft_rng_uniform(rng) - 1.0) * scale);
+    return v;
+}
+
+static double *to_double(const float *v, size_t n)
+{
+    double *d = malloc(n * sizeof *d);
+    cr_assert_not_null(d);
+    for (size_t i = 0; i < n; i++)
+        d[i] = v[i];
+    return d;
+}
+
+/* A scalar function of one double array (the rest is in ctx). */
+typedef double (*scalar_fn)(void *ctx);
+
+/* Central differences of f w.r.t. every entry of v (n), compared with grad (float). */
+static void check_fd(const char *label, scalar_fn f, void *ctx, double *v, size_t n,
+                     const float *grad)
+{
+    for (size_t i = 0; i < n; i++) {
+        double keep = v[i];
+        v[i] = keep + FD_H;
+        double fp = f(ctx);
+        v[i] = keep - FD_H;
+        double fm = f(ctx);
+        v[i] = keep;
+        double fd = (fp - fm) / (2.0 * FD_H);
+        cr_assert(fabs(grad[i] - fd) <= FD_ATOL + FD_RTOL * fabs(fd),
+                  "%s[%zu]: analytic %.9g, finite difference %.9g", label, i, (double)grad[i], fd);
+    }
+}
+
+/* ---- double reference implementations ---- */
+
+static void ref_linear(double *out, const double *x, const double *w, const double *b, int B, int C,
+                       int OC)
+{
+    for (int i = 0; i < B; i++)
+        for (int o = 0; o < OC; o++) {
+            double s = b ? b[o] : 0.0;
+            for (int k = 0; k < C; k++)
+                s += x[i * C + k] * w[o * C + k];
+            out[i * OC + o] = s;
+        }
+}
+
+static void ref_l2_normalize(double *out, const double *x, int B, int D)
+{
+    for (int i = 0; i < B; i++) {
+        double ss = 0.0;
+        for (int k = 0; k < D; k++)
+            ss += x[i * D + k] * x[i * D + k];
+        double n = fmax(sqrt(ss), 1e-12);
+        for (int k = 0; k < D; k++)
+            out[i * D + k] = x[i * D + k] / n;
+    }
+}
+
+static double dot_d(const double *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* ---- fixtures ---- */
+
+static void linear_fixture(const char *file, int has_bias)
+{
+    json_t *fx = fx_load(file);
+    float *x = fx_floats(fx, "inputs", "x", NULL);
+    float *w = fx_floats(fx, "inputs", "weight", NULL);
+    float *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *b = has_bias ? fx_floats(fx, "inputs", "bias", NULL) : NULL;
+    int B = fx_dim(fx, "inputs", "x", 0), C = fx_dim(fx, "inputs", "x", 1);
+    int OC = fx_dim(fx, "inputs", "weight", 0);
+    float *out = calloc((size_t)B * OC, sizeof *out), *dx = calloc((size_t)B * C, sizeof *dx);
+    float *dw = calloc((size_t)OC * C, sizeof *dw), *db = calloc((size_t)OC, sizeof *db);
+    ft_linear_forward(out, x, w, b, B, C, OC);
+    ft_linear_backward(dx, dw, has_bias ? db : NULL, dout, x, w, B, C, OC);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    assert_expected(fx, "dweight", dw);
+    if (has_bias)
+        assert_expected(fx, "dbias", db);
+    free(x), free(w), free(dout), free(b), free(out), free(dx), free(dw), free(db);
+    json_decref(fx);
+}
+
+Test(linear, fixture_with_bias)
+{
+    linear_fixture("torch/linear.json", 1);
+}
+
+Test(linear, fixture_without_bias)
+{
+    linear_fixture("torch/linear_nobias.json", 0);
+}
+
+Test(linear, backward_accumulates_parameter_grads)
+{
+    float x[2 * 3] = {1, 2, 3, -1, 0.5f, 2}, w[2 * 3] = {0.1f, 0.2f, 0.3f, -0.4f, 0.5f, 0.6f};
+    float dout[2 * 2] = {1, -2, 0.5f, 3};
+    float dw1[6] = {0}, db1[2] = {0}, dw2[6] = {0}, db2[2] = {0}, dx[6];
+    ft_linear_backward(dx, dw1, db1, dout, x, w, 2, 3, 2);
+    ft_linear_backward(NULL, dw2, db2, dout, x, w, 2, 3, 2);
+    ft_linear_backward(NULL, dw2, db2, dout, x, w, 2, 3, 2);
+    for (int i = 0; i < 6; i++)
+        cr_assert_float_eq(dw2[i], 2 * dw1[i], 1e-6);
+    for (int i = 0; i < 2; i++)
+        cr_assert_float_eq(db2[i], 2 * db1[i], 1e-6);
+}
+
+Test(relu, fixture)
+{
+    json_t *fx = fx_load("torch/relu.json");
+    size_t n;
+    float *x = fx_floats(fx, "inputs", "x", &n);
+    float *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *out = malloc(n * sizeof *out), *dx = malloc(n * sizeof *dx);
+    ft_relu_forward(out, x, n);
+    ft_relu_backward(dx, dout, x, n);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    ft_relu_forward(x, x, n); /* in place */
+    assert_expected(fx, "out", x);
+    free(x), free(dout), free(out), free(dx);
+    json_decref(fx);
+}
+
+Test(l2_normalize, fixture)
+{
+    json_t *fx = fx_load("torch/l2_normalize.json");
+    size_t n;
+    float *x = fx_floats(fx, "inputs", "x", &n);
+    float *dout = fx_floats(fx, "inputs", "dout", NULL);
+    int B = fx_dim(fx, "inputs", "x", 0), D = fx_dim(fx, "inputs", "x", 1);
+    float *out = malloc(n * sizeof *out), *dx = malloc(n * sizeof *dx);
+    float *norms = malloc((size_t)B * sizeof *norms);
+    ft_l2_normalize_forward(out, norms, x, B, D);
+    ft_l2_normalize_backward(dx, dout, out, norms, B, D);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    free(x), free(dout), free(out), free(dx), free(norms);
+    json_decref(fx);
+}
+
+Test(l2_normalize, zero_row_stays_finite)
+{
+    float x[4] = {0, 0, 3, 4}, out[4], norms[2], dout[4] = {1, 1, 1, 1}, dx[4];
+    ft_l2_normalize_forward(out, norms, x, 2, 2);
+    ft_l2_normalize_backward(dx, dout, out, norms, 2, 2);
+    for (int i = 0; i < 4; i++)
+        cr_assert(isfinite(out[i]) && isfinite(dx[i]));
+    cr_assert_float_eq(out[2], 0.6f, 1e-7);
+    cr_assert_float_eq(out[3], 0.8f, 1e-7);
+}
+
+/* Copy the fixture's w1, b1, w2, b2 into the model through the named tensor table. */
+static void load_mlp_params(ft_model *m, json_t *fx)
+{
+    static const char *src[4] = {"w1", "b1", "w2", "b2"};
+    static const char *dst[4] = {"linear_0.weight", "linear_0.bias", "linear_1.weight",
+                                 "linear_1.bias"};
+    cr_assert_eq(ft_model_num_tensors(m), 4);
+    for (int i = 0; i < 4; i++) {
+        const char *name;
+        int ndim;
+        int64_t shape[2];
+        size_t off, n;
+        ft_model_tensor(m, i, &name, &ndim, shape, &off);
+        cr_assert_str_eq(name, dst[i]);
+        float *v = fx_floats(fx, "inputs", src[i], &n);
+        cr_assert_eq((int64_t)n, ndim == 2 ? shape[0] * shape[1] : shape[0]);
+        memcpy(ft_model_params(m) + off, v, n * sizeof *v);
+        free(v);
+    }
+}
+
+static const float *model_grad(ft_model *m, int i)
+{
+    size_t off;
+    ft_model_tensor(m, i, NULL, NULL, NULL, &off);
+    return ft_model_grads(m) + off;
+}
+
+Test(mlp_encoder, model_matches_fixture)
+{
+    json_t *fx = fx_load("torch/mlp_encoder.json");
+    struct ft_mlp_config cfg = {.input_size = 12,
+                                .num_hidden = 2,
+                                .hidden_sizes = {16, 6},
+                                .bias = 1,
+                                .activation = FT_ACT_RELU,
+                                .l2 = 1};
+    ft_model *m = NULL;
+    cr_assert_eq(ft_model_new_mlp(&cfg, 401, &m, NULL), FT_OK);
+    load_mlp_params(m, fx);
+    float *x = fx_floats(fx, "inputs", "x", NULL);
+    float *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float out[8 * 6];
+    ft_model_zero_grad(m);
+    cr_assert_eq(ft_model_forward(m, x, 8, out), FT_OK);
+    ft_model_backward(m, dout, 8);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dw1", model_grad(m, 0));
+    assert_expected(fx, "db1", model_grad(m, 1));
+    assert_expected(fx, "dw2", model_grad(m, 2));
+    assert_expected(fx, "db2", model_grad(m, 3));
+    free(x), free(dout);
+    ft_model_free(m);
+    json_decref(fx);
+}
+
+Test(mlp_encoder, kernel_chain_matches_fixture)
+{
+    json_t *fx = fx_load("torch/mlp_encoder.json");
+    float *x = fx_floats(fx, "inputs", "x", NULL), *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *w1 = fx_floats(fx, "inputs", "w1", NULL), *b1 = fx_floats(fx, "inputs", "b1", NULL);
+    float *w2 = fx_floats(fx, "inputs", "w2", NULL), *b2 = fx_floats(fx, "inputs", "b2", NULL);
+    float h1_pre[8 * 16], h1[8 * 16], z[8 * 6], out[8 * 6], norms[8];
+    float dz[8 * 6], dh1[8 * 16], dx[8 * 12];
+    float dw1[16 * 12] = {0}, db1[16] = {0}, dw2[6 * 16] = {0}, db2[6] = {0};
+    ft_linear_forward(h1_pre, x, w1, b1, 8, 12, 16);
+    ft_relu_forward(h1, h1_pre, 8 * 16);
+    ft_linear_forward(z, h1, w2, b2, 8, 16, 6);
+    ft_l2_normalize_forward(out, norms, z, 8, 6);
+    ft_l2_normalize_backward(dz, dout, out, norms, 8, 6);
+    ft_linear_backward(dh1, dw2, db2, dz, h1, w2, 8, 16, 6);
+    ft_relu_backward(dh1, dh1, h1_pre, 8 * 16);
+    ft_linear_backward(dx, dw1, db1, dh1, x, w1, 8, 12, 16);
+    assert_expected(fx, "h1_pre", h1_pre);
+    assert_expected(fx, "h1", h1);
+    assert_expected(fx, "z", z);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    assert_expected(fx, "dw1", dw1);
+    assert_expected(fx, "db1", db1);
+    assert_expected(fx, "dw2", dw2);
+    assert_expected(fx, "db2", db2);
+    free(x), free(dout), free(w1), free(b1), free(w2), free(b2);
+    json_decref(fx);
+}
+
+/* ---- finite differences ---- */
+
+struct linear_ctx {
+    double *x, *w, *b;
+    const float *dout;
+    int B, C, OC;
+};
+
+static double linear_objective(void *p)
+{
+    struct linear_ctx *c = p;
+    double out[64];
+    ref_linear(out, c->x, c->w, c->b, c->B, c->C, c->OC);
+    return dot_d(out, c->dout, (size_t)c->B * c->OC);
+}
+
+Test(linear, backward_matches_finite_differences)
+{
+    enum { B = 3, C = 4, OC = 5 };
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 11);
+    float *x = random_floats(&rng, B * C, 1.0), *w = random_floats(&rng, OC * C, 1.0);
+    float *b = random_floats(&rng, OC, 1.0), *dout = random_floats(&rng, B * OC, 1.0);
+    float out[B * OC], dx[B * C], dw[OC * C] = {0}, db[OC] = {0};
+    ft_linear_forward(out, x, w, b, B, C, OC);
+    ft_linear_backward(dx, dw, db, dout, x, w, B, C, OC);
+    struct linear_ctx c = {
+        to_double(x, B * C), to_double(w, OC * C), to_double(b, OC), dout, B, C, OC};
+    double ref[B * OC];
+    ref_linear(ref, c.x, c.w, c.b, B, C, OC);
+    fx_assert_close("out", out, ref, B * OC, 1e-6, 1e-5);
+    check_fd("dx", linear_objective, &c, c.x, B * C, dx);
+    check_fd("dw", linear_objective, &c, c.w, OC * C, dw);
+    check_fd("db", linear_objective, &c, c.b, OC, db);
+    free(x), free(w), free(b), free(dout), free(c.x), free(c.w), free(c.b);
+}
+
+struct relu_ctx {
+    double *x;
+    const float *dout;
+    size_t n;
+};
+
+static double relu_objective(void *p)
+{
+    struct relu_ctx *c = p;
+    double s = 0.0;
+    for (size_t i = 0; i < c->n; i++)
+        s += (c->x[i] > 0.0 ? c->x[i] : 0.0) * c->dout[i];
+    return s;
+}
+
+Test(relu, backward_matches_finite_differences)
+{
+    enum { N = 24 };
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 12);
+    float *x = random_floats(&rng, N, 1.0), *dout = random_floats(&rng, N, 1.0), dx[N];
+    for (int i = 0; i < N; i++)
+        if (fabsf(x[i]) < 1e-3f)
+            x[i] = 0.5f; /* keep away from the kink */
+    ft_relu_backward(dx, dout, x, N);
+    struct relu_ctx c = {to_double(x, N), dout, N};
+    check_fd("dx", relu_objective, &c, c.x, N, dx);
+    free(x), free(dout), free(c.x);
+}
+
+struct l2_ctx {
+    double *x;
+    const float *dout;
+    int B, D;
+};
+
+static double l2_objective(void *p)
+{
+    struct l2_ctx *c = p;
+    double out[64];
+    ref_l2_normalize(out, c->x, c->B, c->D);
+    return dot_d(out, c->dout, (size_t)c->B * c->D);
+}
+
+Test(l2_normalize, backward_matches_finite_differences)
+{
+    enum { B = 3, D = 5 };
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 13);
+    float *x = random_floats(&rng, B * D, 2.0), *dout = random_floats(&rng, B * D, 1.0);
+    float out[B * D], norms[B], dx[B * D];
+    ft_l2_normalize_forward(out, norms, x, B, D);
+    ft_l2_normalize_backward(dx, dout, out, norms, B, D);
+    struct l2_ctx c = {to_double(x, B * D), dout, B, D};
+    double ref[B * D];
+    ref_l2_normalize(ref, c.x, B, D);
+    fx_assert_close("out", out, ref, B * D, 1e-6, 1e-5);
+    check_fd("dx", l2_objective, &c, c.x, B * D, dx);
+    free(x), free(dout), free(c.x);
+}
+
+/* The model in double: 3 -> 5 -> 4 -> 3, relu between, l2 at the end. */
+enum { MB = 4, M0 = 3, M1 = 5, M2 = 4, M3 = 3 };
+
+struct mlp_ctx {
+    double *p; /* parameters in the model's layout */
+    const float *x, *dout;
+    size_t off[6];
+};
+
+static double mlp_objective(void *ctx)
+{
+    struct mlp_ctx *c = ctx;
+    double x[MB * M0], h1[MB * M1], h2[MB * M2], z[MB * M3], out[MB * M3];
+    for (int i = 0; i < MB * M0; i++)
+        x[i] = c->x[i];
+    ref_linear(h1, x, c->p + c->off[0], c->p + c->off[1], MB, M0, M1);
+    for (int i = 0; i < MB * M1; i++)
+        h1[i] = h1[i] > 0 ? h1[i] : 0;
+    ref_linear(h2, h1, c->p + c->off[2], c->p + c->off[3], MB, M1, M2);
+    for (int i = 0; i < MB * M2; i++)
+        h2[i] = h2[i] > 0 ? h2[i] : 0;
+    ref_linear(z, h2, c->p + c->off[4], c->p + c->off[5], MB, M2, M3);
+    ref_l2_normalize(out, z, MB, M3);
+    return dot_d(out, c->dout, MB * M3);
+}
+
+Test(mlp_model, backward_matches_finite_differences)
+{
+    struct ft_mlp_config cfg = {.input_size = M0,
+                                .num_hidden = 3,
+                                .hidden_sizes = {M1, M2, M3},
+                                .bias = 1,
+                                .activation = FT_ACT_RELU,
+                                .l2 = 1};
+    ft_model *m = NULL;
+    cr_assert_eq(ft_model_new_mlp(&cfg, 7, &m, NULL), FT_OK);
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 14);
+    float *x = random_floats(&rng, MB * M0, 2.0), *dout = random_floats(&rng, MB * M3, 1.0);
+    float out[MB * M3];
+    ft_model_zero_grad(m);
+    cr_assert_eq(ft_model_forward(m, x, MB, out), FT_OK);
+    ft_model_backward(m, dout, MB);
+    size_t n = ft_model_num_params(m);
+    struct mlp_ctx c = {to_double(ft_model_params(m), n), x, dout, {0}};
+    for (int i = 0; i < 6; i++)
+        ft_model_tensor(m, i, NULL, NULL, NULL, &c.off[i]);
+    check_fd("dparams", mlp_objective, &c, c.p, n, ft_model_grads(m));
+    /* A second backward accumulates: grads double. */
+    float *g1 = malloc(n * sizeof *g1);
+    memcpy(g1, ft_model_grads(m), n * sizeof *g1);
+    ft_model_backward(m, dout, MB);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_float_eq(ft_model_grads(m)[i], 2 * g1[i], 1e-6);
+    free(x), free(dout), free(c.p), free(g1);
+    ft_model_free(m);
+}
+
+/* ---- init, config, errors ---- */
+
+static ft_model *new_mlp(uint64_t seed)
+{
+    struct ft_mlp_config cfg = {.input_size = 20,
+                                .num_hidden = 2,
+                                .hidden_sizes = {30, 8},
+                                .bias = 1,
+                                .activation = FT_ACT_RELU,
+                                .l2 = 1};
+    ft_model *m = NULL;
+    cr_assert_eq(ft_model_new_mlp(&cfg, seed, &m, NULL), FT_OK);
+    return m;
+}
+
+Test(mlp_model, init_is_seeded_and_within_torch_bounds)
+{
+    ft_model *a = new_mlp(5), *b = new_mlp(5), *c = new_mlp(6);
+    size_t n = ft_model_num_params(a);
+    cr_assert_eq(n, 20 * 30 + 30 + 30 * 8 + 8);
+    cr_assert(memcmp(ft_model_params(a), ft_model_params(b), n * sizeof(float)) == 0);
+    cr_assert(memcmp(ft_model_params(a), ft_model_params(c), n * sizeof(float)) != 0);
+    for (int t = 0; t < ft_model_num_tensors(a); t++) {
+        int64_t shape[2];
+        int ndim;
+        size_t off;
+        ft_model_tensor(a, t, NULL, &ndim, shape, &off);
+        double bound = 1.0 / sqrt(t < 2 ? 20.0 : 30.0); /* fan_in of the layer */
+        size_t cnt = ndim == 2 ? (size_t)(shape[0] * shape[1]) : (size_t)shape[0];
+        double lo = 1.0, hi = -1.0;
+        for (size_t i = 0; i < cnt; i++) {
+            double v = ft_model_params(a)[off + i];
+            cr_assert(fabs(v) <= bound, "tensor %d value %g beyond %g", t, v, bound);
+            lo = fmin(lo, v);
+            hi = fmax(hi, v);
+        }
+        if (cnt >= 30) /* spread over the range, not a constant */
+            cr_assert(lo < -bound / 2 && hi > bound / 2);
+    }
+    ft_model_free(a), ft_model_free(b), ft_model_free(c);
+}
+
+Test(mlp_model, tensor_table_and_config)
+{
+    ft_model *m = new_mlp(1);
+    cr_assert_eq(ft_model_input_dim(m), 20);
+    cr_assert_eq(ft_model_output_dim(m), 8);
+    const char *name;
+    int ndim;
+    int64_t shape[2];
+    size_t off;
+    ft_model_tensor(m, 2, &name, &ndim, shape, &off);
+    cr_assert_str_eq(name, "linear_1.weight");
+    cr_assert(ndim == 2 && shape[0] == 8 && shape[1] == 30 && off == 20 * 30 + 30);
+    json_t *j = ft_model_config_json(m);
+    char *s = json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT);
+    cr_assert_str_eq(s, "{\"activation\":\"relu\",\"bias\":true,\"hidden_sizes\":[30,8],"
+                        "\"input_size\":20,\"l2\":true,\"name\":\"mlp\"}");
+    free(s);
+    json_decref(j);
+    ft_model_free(m);
+}
+
+Test(mlp_model, forward_grows_and_shrinks_batch)
+{
+    ft_model *m = new_mlp(2);
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 3);
+    float *x = random_floats(&rng, 16 * 20, 1.0), out16[16 * 8], out2[2 * 8];
+    cr_assert_eq(ft_model_forward(m, x, 2, out2), FT_OK);
+    cr_assert_eq(ft_model_forward(m, x, 16, out16), FT_OK);
+    for (int i = 0; i < 2 * 8; i++)
+        cr_assert_float_eq(out2[i], out16[i], 1e-6);
+    free(x);
+    ft_model_free(m);
+}
+
+Test(mlp_model, no_bias_no_activation_no_l2)
+{
+    struct ft_mlp_config cfg = {.input_size = 3, .num_hidden = 1, .hidden_sizes = {2}};
+    ft_model *m = NULL;
+    cr_assert_eq(ft_model_new_mlp(&cfg, 1, &m, NULL), FT_OK);
+    cr_assert_eq(ft_model_num_tensors(m), 1);
+    cr_assert_eq(ft_model_num_params(m), 6);
+    float x[3] = {1, 2, 3}, out[2];
+    const float *w = ft_model_params(m);
+    cr_assert_eq(ft_model_forward(m, x, 1, out), FT_OK);
+    cr_assert_float_eq(out[0], w[0] + 2 * w[1] + 3 * w[2], 1e-6);
+    json_t *j = ft_model_config_json(m);
+    cr_assert(json_is_null(json_object_get(j, "activation")));
+    cr_assert(json_is_false(json_object_get(j, "bias")));
+    json_decref(j);
+    ft_model_free(m);
+}
+
+Test(mlp_model, bad_config_is_einval)
+{
+    struct ft_mlp_config cfg = {.input_size = 0, .num_hidden = 1, .hidden_sizes = {2}};
+    struct ft_error err;
+    ft_model *m = (ft_model *)&cfg;
+    cr_assert_eq(ft_model_new_mlp(&cfg, 1, &m, &err), FT_EINVAL);
+    cr_assert_null(m);
+    cr_assert_str_eq(err.param, "input_size");
+    cfg.input_size = 4;
+    cfg.num_hidden = 0;
+    cr_assert_eq(ft_model_new_mlp(&cfg, 1, &m, &err), FT_EINVAL);
+    cr_assert_str_eq(err.param, "hidden_sizes");
+    cfg.num_hidden = 2;
+    cfg.hidden_sizes[1] = -1;
+    cr_assert_eq(ft_model_new_mlp(&cfg, 1, &m, &err), FT_EINVAL);
+    cr_assert_str_eq(err.param, "hidden_sizes");
+    ft_model_free(NULL);
+}
