@@ -337,7 +337,7 @@ static enum ft_err idx_fill_labels(struct ft_dataset *ds, const unsigned char *r
         present[raw[i]] = 1;
     struct label_table t = {0};
     for (int v = 0; v < 256; v++) {
-        char name[4];
+        char name[12];
         int len = snprintf(name, sizeof name, "%d", v);
         id_of[v] = present[v] ? label_table_add(&t, name, (size_t)len) : -1;
         if (present[v] && id_of[v] < 0) {

@@ -1,10 +1,14 @@
 /* loss.c — pml TripletMarginLoss (AvgNonZero reducer) with an optional TripletMarginMiner.
  *
- * Design: one pass builds the B x B distance matrix from a Gram matrix (one sgemm over the
- * normalised or raw embeddings); one loop over all valid (a, p, n) applies the miner and the
- * hinge and accumulates dL/dD (a count per matrix entry); the counts are scaled by
- * 1/num_nonzero and pushed back to the embeddings with one more sgemm (dD -> dN), then through
- * the L2 normalisation. Scratch buffers are allocated per call and freed before returning.
+ * Design: the B x B distance matrix comes from one Gram sgemm over the normalised (or raw)
+ * embeddings. The triplets are never enumerated: per anchor the negatives and the positives
+ * are sorted by distance (radix sort) and one sweep over the positives keeps three cursors
+ * into the negatives, so the kept/active negatives of each (a, p) are a range whose count,
+ * loss sum (prefix sums) and gradient counts (difference array) cost O(1): O(B^2) per batch
+ * instead of O(B^3). The counts dL/dD are scaled by 1/num_nonzero and pushed back to the
+ * embeddings with one more sgemm, then through the L2 normalisation. ft_triplet_mine
+ * enumerates with the same float predicates (the tests check both agree). Scratch buffers are
+ * allocated per call and freed before returning.
  *
  * Distances (see loss.h): cosine d = 1 - <n_i, n_j>; euclidean d = sqrt(|x_i|^2 + |x_j|^2 -
  * 2 <x_i, x_j>). Near pairs (d^2 < NEAR (|x_i|^2 + |x_j|^2)) lose digits to cancellation, so
@@ -27,11 +31,12 @@ struct work {
     int B, D;
     int euclidean;
     int normalize;
-    float *x;     /* (B, D) normalised embeddings, or a copy of the raw ones */
-    float *norms; /* (B) row norms saved by the normalisation */
-    float *sq;    /* (B) |x_i|^2 */
-    float *dist;  /* (B, B) distance matrix */
-    float *dd;    /* (B, B) dL/dD, then the symmetric backward weights */
+    float *x;      /* (B, D) normalised embeddings, or a copy of the raw ones */
+    float *norms;  /* (B) row norms saved by the normalisation */
+    float *sq;     /* (B) |x_i|^2 */
+    float *dist;   /* (B, B) distance matrix */
+    float *dd;     /* (B, B) dL/dD, then the symmetric backward weights */
+    int nonfinite; /* some distance is NaN or infinite */
 };
 
 /* Keep a triplet when lo < m <= hi, m = d(a,n) - d(a,p). */
@@ -119,27 +124,81 @@ static float exact_dist(const struct work *w, int i, int j)
     return (float)sqrt(s);
 }
 
-/* dist[i][j] from the Gram matrix already in dist (upper triangle used, then mirrored). */
-static void gram_to_dist(struct work *w)
+/* What tiled_pairs does to each unordered pair (i < j). */
+enum pair_op {
+    OP_DIST,     /* Gram matrix entry -> distance, mirrored */
+    OP_COS_SYM,  /* S_ij = dd_ij + dd_ji, mirrored */
+    OP_EUCLID_W, /* S_ij = (dd_ij + dd_ji) / d_ij, mirrored; near pairs applied to gx, S = 0 */
+};
+
+static void pair_dist(struct work *w, int i, int j)
 {
-    int B = w->B;
-    for (int i = 0; i < B; i++) {
-        float *row = w->dist + (size_t)i * B;
-        for (int j = i + 1; j < B; j++) {
-            float d;
-            if (!w->euclidean) {
-                d = 1.0f - row[j];
-            } else {
-                float d2 = w->sq[i] + w->sq[j] - 2.0f * row[j];
-                d = sqrtf(d2 > 0.0f ? d2 : 0.0f);
-                if (is_near(w, i, j, d))
-                    d = exact_dist(w, i, j);
-            }
-            row[j] = d;
-            w->dist[(size_t)j * B + i] = d;
-        }
-        row[i] = 0.0f;
+    size_t ij = (size_t)i * w->B + j, ji = (size_t)j * w->B + i;
+    float d;
+    if (!w->euclidean) {
+        d = 1.0f - w->dist[ij];
+    } else {
+        float d2 = w->sq[i] + w->sq[j] - 2.0f * w->dist[ij];
+        d = sqrtf(d2 > 0.0f ? d2 : 0.0f);
+        if (is_near(w, i, j, d))
+            d = exact_dist(w, i, j);
     }
+    if (!isfinite(d))
+        w->nonfinite = 1;
+    w->dist[ij] = d;
+    w->dist[ji] = d;
+}
+
+/* gx_i += c (x_i - x_j), gx_j -= c (x_i - x_j): a near pair's gradient, applied directly. */
+static void near_pair(float *gx, const struct work *w, int i, int j, float c)
+{
+    const float *xi = w->x + (size_t)i * w->D, *xj = w->x + (size_t)j * w->D;
+    float *gi = gx + (size_t)i * w->D, *gj = gx + (size_t)j * w->D;
+    for (int k = 0; k < w->D; k++) {
+        float t = c * (xi[k] - xj[k]);
+        gi[k] += t;
+        gj[k] -= t;
+    }
+}
+
+static void pair_weight(struct work *w, float *gx, int i, int j)
+{
+    size_t ij = (size_t)i * w->B + j, ji = (size_t)j * w->B + i;
+    float g = w->dd[ij] + w->dd[ji];
+    if (w->euclidean) {
+        float d = w->dist[ij];
+        g = (g != 0.0f && d > 0.0f) ? g / d : 0.0f;
+        if (g != 0.0f && is_near(w, i, j, d)) {
+            near_pair(gx, w, i, j, g);
+            g = 0.0f;
+        }
+    }
+    w->dd[ij] = g;
+    w->dd[ji] = g;
+}
+
+/* Apply op to every pair i < j, TILE x TILE blocks at a time so that the mirrored entry
+ * [j][i] stays in cache; the diagonal of the touched matrix is set to 0. */
+static void tiled_pairs(struct work *w, enum pair_op op, float *gx)
+{
+    enum { TILE = 64 };
+    int B = w->B;
+    for (int i0 = 0; i0 < B; i0 += TILE) {
+        int i1 = i0 + TILE < B ? i0 + TILE : B;
+        for (int j0 = i0; j0 < B; j0 += TILE) {
+            int j1 = j0 + TILE < B ? j0 + TILE : B;
+            for (int i = i0; i < i1; i++)
+                for (int j = j0 > i + 1 ? j0 : i + 1; j < j1; j++) {
+                    if (op == OP_DIST)
+                        pair_dist(w, i, j);
+                    else
+                        pair_weight(w, gx, i, j);
+                }
+        }
+    }
+    float *m = op == OP_DIST ? w->dist : w->dd;
+    for (int i = 0; i < B; i++)
+        m[(size_t)i * B + i] = 0.0f;
 }
 
 static void compute_dist(struct work *w, const float *emb)
@@ -155,10 +214,12 @@ static void compute_dist(struct work *w, const float *emb)
         for (int k = 0; k < D; k++)
             s += (double)xi[k] * xi[k];
         w->sq[i] = (float)s;
+        if (!isfinite(w->sq[i]))
+            w->nonfinite = 1;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, 1.0f, w->x, D, w->x, D, 0.0f,
                 w->dist, B);
-    gram_to_dist(w);
+    tiled_pairs(w, OP_DIST, NULL);
 }
 
 struct tally {
@@ -170,6 +231,7 @@ struct tally {
 /* Per-anchor scratch for the sorted negatives (B entries each). */
 struct anchor_scratch {
     uint64_t *keys, *tmp; /* (order-preserving distance bits << 32) | column */
+    uint64_t *pkeys;      /* the same for the positives */
     float *v;             /* sorted negative distances */
     double *prefix;       /* (B + 1) prefix sums of v */
     int *diff;            /* (B + 1) difference array of per-negative active counts */
@@ -179,6 +241,7 @@ static void scratch_free(struct anchor_scratch *s)
 {
     free(s->keys);
     free(s->tmp);
+    free(s->pkeys);
     free(s->v);
     free(s->prefix);
     free(s->diff);
@@ -188,10 +251,11 @@ static int scratch_alloc(struct anchor_scratch *s, int B)
 {
     s->keys = malloc((size_t)B * sizeof *s->keys);
     s->tmp = malloc((size_t)B * sizeof *s->tmp);
+    s->pkeys = malloc((size_t)B * sizeof *s->pkeys);
     s->v = malloc((size_t)B * sizeof *s->v);
     s->prefix = malloc(((size_t)B + 1) * sizeof *s->prefix);
     s->diff = malloc(((size_t)B + 1) * sizeof *s->diff);
-    if (!s->keys || !s->tmp || !s->v || !s->prefix || !s->diff) {
+    if (!s->keys || !s->tmp || !s->pkeys || !s->v || !s->prefix || !s->diff) {
         scratch_free(s);
         return 0;
     }
@@ -228,34 +292,6 @@ static void radix_sort_hi(uint64_t *a, uint64_t *tmp, int n)
         memcpy(a, src, (size_t)n * sizeof *a);
 }
 
-/* First k in [0, n) with fl(v[k] - dap) > x (n when none); v ascending, so monotone. */
-static int first_gt(const float *v, int n, float dap, float x)
-{
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (v[mid] - dap > x)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo;
-}
-
-/* First k with fl(v[k] - dap) >= x: the first negative whose hinge margin - m is not > 0. */
-static int first_ge(const float *v, int n, float dap, float x)
-{
-    int lo = 0, hi = n;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        if (v[mid] - dap >= x)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo;
-}
-
 /* Sort anchor a's negatives by distance into s (keys, v, prefix); returns their count. */
 static int sort_negatives(struct anchor_scratch *s, const float *drow, const int32_t *labels, int a,
                           int B)
@@ -273,32 +309,69 @@ static int sort_negatives(struct anchor_scratch *s, const float *drow, const int
     return n;
 }
 
-/* One anchor: for each positive p the kept negatives are the sorted range [lo, ek) (miner) and
- * the active ones [lo, min(ek, ea)) (hinge), found by binary search with the very float
- * predicates of the brute-force enumeration (ft_triplet_mine), so both select the same sets. */
+/* Sort anchor a's positives (p != a) by distance into s->pkeys; returns their count. */
+static int sort_positives(struct anchor_scratch *s, const float *drow, const int32_t *labels, int a,
+                          int B)
+{
+    int n = 0;
+    for (int j = 0; j < B; j++)
+        if (j != a && labels[j] == labels[a])
+            s->pkeys[n++] = ((uint64_t)float_key(drow[j]) << 32) | (uint32_t)j;
+    radix_sort_hi(s->pkeys, s->tmp, n);
+    return n;
+}
+
+/* Sorted-range bounds of one positive's triplets: kept by the miner [lo, ek), active [lo, ea)
+ * capped at ek. With m = fl(v - dap): lo = first k with m > mb.lo, ek = first k with
+ * m > mb.hi, ea = first k with m >= margin (the hinge margin - m no longer > 0). */
+struct range {
+    int lo, ek, ea;
+};
+
+/* Move r forward for the next (not smaller) dap: every bound is monotone in dap because float
+ * subtraction rounds monotonically, so these are the very float predicates of the brute-force
+ * enumeration (ft_triplet_mine) and both select the same triplets. */
+static void advance(struct range *r, const float *v, int n, float dap, struct miner_bounds mb,
+                    float margin)
+{
+    if (mb.lo != -INFINITY)
+        while (r->lo < n && !(v[r->lo] - dap > mb.lo))
+            r->lo++;
+    if (mb.hi != INFINITY)
+        while (r->ek < n && !(v[r->ek] - dap > mb.hi))
+            r->ek++;
+    else
+        r->ek = n;
+    while (r->ea < n && v[r->ea] - dap < margin)
+        r->ea++;
+}
+
+/* One anchor: negatives and positives sorted by distance, then one sweep over the positives
+ * in increasing d(a,p) with three forward-only cursors into the negatives. The active
+ * negatives of each positive form a range: its count, its loss sum (from prefix sums) and a
+ * difference-array update give the gradient counts. */
 static void anchor_pass(struct tally *t, float *dd_row, struct anchor_scratch *s, const float *drow,
                         const int32_t *labels, int a, int B, struct miner_bounds mb, float margin)
 {
     int n = sort_negatives(s, drow, labels, a, B);
+    int np = sort_positives(s, drow, labels, a, B);
+    struct range r = {0, 0, 0};
     if (dd_row)
         memset(s->diff, 0, ((size_t)n + 1) * sizeof *s->diff);
-    for (int p = 0; p < B; p++) {
-        if (p == a || labels[p] != labels[a])
-            continue;
+    for (int q = 0; q < np; q++) {
+        int p = (int)(s->pkeys[q] & 0xffffffffu);
         float dap = drow[p];
-        int lo = mb.lo == -INFINITY ? 0 : first_gt(s->v, n, dap, mb.lo);
-        int ek = mb.hi == INFINITY ? n : first_gt(s->v, n, dap, mb.hi);
-        int ea = first_ge(s->v, n, dap, margin);
-        int e = ek < ea ? ek : ea;
-        t->kept += ek > lo ? ek - lo : 0;
-        if (e <= lo)
+        advance(&r, s->v, n, dap, mb, margin);
+        int e = r.ek < r.ea ? r.ek : r.ea;
+        t->kept += r.ek > r.lo ? r.ek - r.lo : 0;
+        if (e <= r.lo)
             continue;
-        t->nonzero += e - lo;
-        t->loss += (double)(e - lo) * ((double)margin + dap) - (s->prefix[e] - s->prefix[lo]);
+        t->nonzero += e - r.lo;
+        t->loss += (double)(e - r.lo) * ((double)margin + dap) - (s->prefix[e] - s->prefix[r.lo]);
         if (!dd_row)
             continue;
-        dd_row[p] += (float)(e - lo);
-        s->diff[lo]++;
+        dd_row[p] += (float)(e - r.lo);
+        s->diff[r.lo]++;
         s->diff[e]--;
     }
     if (!dd_row)
@@ -328,66 +401,20 @@ static int triplet_pass(struct tally *t, float *dd, const struct work *w, const 
     return 1;
 }
 
-/* Cosine: dL/dx = -(S) x with S = dd + dd^T (d = 1 - <x_i, x_j>). */
+/* Cosine: dL/dx = -S x with S = dd + dd^T (d = 1 - <x_i, x_j>). */
 static void cosine_backward(float *gx, struct work *w)
 {
-    int B = w->B;
-    for (int i = 0; i < B; i++) {
-        for (int j = i + 1; j < B; j++) {
-            float s = w->dd[(size_t)i * B + j] + w->dd[(size_t)j * B + i];
-            w->dd[(size_t)i * B + j] = s;
-            w->dd[(size_t)j * B + i] = s;
-        }
-        w->dd[(size_t)i * B + i] = 0.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, w->D, B, -1.0f, w->dd, B, w->x, w->D,
-                0.0f, gx, w->D);
+    tiled_pairs(w, OP_COS_SYM, gx);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, w->B, w->D, w->B, -1.0f, w->dd, w->B,
+                w->x, w->D, 0.0f, gx, w->D);
 }
 
-/* gx_i += c (x_i - x_j), gx_j -= c (x_i - x_j): a near pair's gradient, applied directly. */
-static void near_pair(float *gx, const struct work *w, int i, int j, float c)
-{
-    const float *xi = w->x + (size_t)i * w->D, *xj = w->x + (size_t)j * w->D;
-    float *gi = gx + (size_t)i * w->D, *gj = gx + (size_t)j * w->D;
-    for (int k = 0; k < w->D; k++) {
-        float t = c * (xi[k] - xj[k]);
-        gi[k] += t;
-        gj[k] -= t;
-    }
-}
-
-/* dd becomes the symmetric weights S_ij = (dd_ij + dd_ji) / d_ij (0 where d_ij = 0). */
-static void euclid_weights(struct work *w)
-{
-    int B = w->B;
-    for (int i = 0; i < B; i++) {
-        for (int j = i + 1; j < B; j++) {
-            float d = w->dist[(size_t)i * B + j];
-            float g = w->dd[(size_t)i * B + j] + w->dd[(size_t)j * B + i];
-            float s = (g != 0.0f && d > 0.0f) ? g / d : 0.0f;
-            w->dd[(size_t)i * B + j] = s;
-            w->dd[(size_t)j * B + i] = s;
-        }
-        w->dd[(size_t)i * B + i] = 0.0f;
-    }
-}
-
-/* Euclidean: dL/dx_i = sum_j S_ij (x_i - x_j) = rowsum(S)_i x_i - (S x)_i for far pairs,
- * directly for near pairs (their S entries are taken out of the sgemm). */
+/* Euclidean: dL/dx_i = sum_j S_ij (x_i - x_j) with S_ij = (dd_ij + dd_ji) / d_ij, computed as
+ * rowsum(S)_i x_i - (S x)_i for far pairs and directly for near ones (gx starts at 0). */
 static void euclid_backward(float *gx, struct work *w)
 {
     int B = w->B, D = w->D;
-    euclid_weights(w);
-    for (int i = 0; i < B; i++) {
-        for (int j = i + 1; j < B; j++) {
-            float s = w->dd[(size_t)i * B + j];
-            if (s == 0.0f || !is_near(w, i, j, w->dist[(size_t)i * B + j]))
-                continue;
-            w->dd[(size_t)i * B + j] = 0.0f;
-            w->dd[(size_t)j * B + i] = 0.0f;
-            near_pair(gx, w, i, j, s);
-        }
-    }
+    tiled_pairs(w, OP_EUCLID_W, gx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, B, -1.0f, w->dd, B, w->x, D, 1.0f,
                 gx, D);
     for (int i = 0; i < B; i++) {
@@ -421,37 +448,51 @@ static void scale(float *v, size_t n, float c)
         v[i] *= c;
 }
 
+/* Distances, triplet pass and (when demb) the backward; t gets the tally. */
+static enum ft_err loss_core(float *loss, float *demb, struct tally *t, const float *emb,
+                             const int32_t *labels, int B, int D,
+                             const struct ft_triplet_opts *opts)
+{
+    struct work w;
+    if (!work_alloc(&w, B, D, opts, demb != NULL))
+        return FT_ENOMEM;
+    compute_dist(&w, emb);
+    if (w.nonfinite) {
+        *loss = NAN;
+        work_free(&w);
+        return FT_OK;
+    }
+    if (!triplet_pass(t, w.dd, &w, labels, opts)) {
+        work_free(&w);
+        return FT_ENOMEM;
+    }
+    if (t->nonzero > 0) {
+        *loss = (float)(t->loss / (double)t->nonzero);
+        if (demb) {
+            scale(w.dd, (size_t)B * B, (float)(1.0 / (double)t->nonzero));
+            backward(demb, &w);
+        }
+    }
+    work_free(&w);
+    return FT_OK;
+}
+
 enum ft_err ft_triplet_margin_loss(float *loss, float *demb, const float *emb,
                                    const int32_t *labels, int B, int D,
                                    const struct ft_triplet_opts *opts, struct ft_loss_stats *stats)
 {
     struct tally t = {0};
-    struct work w;
+    enum ft_err rc = FT_OK;
     *loss = 0.0f;
-    if (demb)
-        memset(demb, 0, (size_t)(B > 0 ? B : 0) * (D > 0 ? D : 0) * sizeof *demb);
-    if (B >= 3 && D > 0) {
-        if (!work_alloc(&w, B, D, opts, demb != NULL))
-            return FT_ENOMEM;
-        compute_dist(&w, emb);
-        if (!triplet_pass(&t, w.dd, &w, labels, opts)) {
-            work_free(&w);
-            return FT_ENOMEM;
-        }
-        if (t.nonzero > 0) {
-            *loss = (float)(t.loss / (double)t.nonzero);
-            if (demb) {
-                scale(w.dd, (size_t)B * B, (float)(1.0 / (double)t.nonzero));
-                backward(demb, &w);
-            }
-        }
-        work_free(&w);
-    }
+    if (demb && B > 0 && D > 0)
+        memset(demb, 0, (size_t)B * D * sizeof *demb);
+    if (B >= 3 && D > 0)
+        rc = loss_core(loss, demb, &t, emb, labels, B, D, opts);
     if (stats) {
         stats->num_triplets = t.kept;
         stats->num_nonzero = t.nonzero;
     }
-    return FT_OK;
+    return rc;
 }
 
 int64_t ft_triplet_mine(int64_t *trip, int64_t cap, const float *emb, const int32_t *labels, int B,

@@ -18,12 +18,12 @@ enum ft_triplet_type { FT_TRIPLETS_ALL, FT_TRIPLETS_HARD, FT_TRIPLETS_SEMIHARD, 
 /* TripletMarginLoss(margin, distance) [+ TripletMarginMiner(margin, type_of_triplets)].
  * Without a miner every valid in-batch triplet is used (pml's default). */
 struct ft_triplet_opts {
-    double margin;                 /* loss margin; pml default 0.05 */
-    enum ft_distance distance;     /* pml default euclidean (normalised) */
-    int normalize_embeddings;      /* euclidean only; default 1 */
-    int use_miner;                 /* 1 = TripletMarginMiner selects the triplets */
-    double miner_margin;           /* miner margin; pml default 0.2 */
-    enum ft_triplet_type type;     /* miner type_of_triplets; default all */
+    double margin;             /* loss margin; pml default 0.05 */
+    enum ft_distance distance; /* pml default euclidean (normalised) */
+    int normalize_embeddings;  /* euclidean only; default 1 */
+    int use_miner;             /* 1 = TripletMarginMiner selects the triplets */
+    double miner_margin;       /* miner margin; pml default 0.2 */
+    enum ft_triplet_type type; /* miner type_of_triplets; default all */
 };
 
 struct ft_loss_stats {
@@ -37,7 +37,8 @@ void ft_triplet_opts_default(struct ft_triplet_opts *opts);
 
 /* loss = AvgNonZero over mined triplets of max(0, d(a,p) - d(a,n) + margin); 0 when none.
  * emb (B, D), labels (B); demb (B, D) written with d loss / d emb (NULL = no gradient);
- * stats may be NULL. Errors: FT_ENOMEM. Triplet enumeration order: a, p, n ascending. */
+ * stats may be NULL. Errors: FT_ENOMEM. Triplet enumeration order: a, p, n ascending.
+ * Non-finite embeddings (a NaN or infinite distance) give *loss = NaN and a zero gradient. */
 enum ft_err ft_triplet_margin_loss(float *loss, float *demb, const float *emb,
                                    const int32_t *labels, int B, int D,
                                    const struct ft_triplet_opts *opts, struct ft_loss_stats *stats);
@@ -45,7 +46,7 @@ enum ft_err ft_triplet_margin_loss(float *loss, float *demb, const float *emb,
 /* The mined triplets themselves (for tests): writes up to cap (a, p, n) rows into trip
  * (cap, 3) in enumeration order and returns the number kept (may exceed cap; then only cap
  * were written), or -1 on ENOMEM. */
-int64_t ft_triplet_mine(int64_t *trip, int64_t cap, const float *emb, const int32_t *labels,
-                        int B, int D, const struct ft_triplet_opts *opts);
+int64_t ft_triplet_mine(int64_t *trip, int64_t cap, const float *emb, const int32_t *labels, int B,
+                        int D, const struct ft_triplet_opts *opts);
 
 #endif

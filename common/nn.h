@@ -29,9 +29,9 @@ void ft_relu_backward(float *dinp, const float *dout, const float *inp, size_t N
 /* Row-wise L2 normalisation, F.normalize(p=2, dim=1, eps=1e-12):
  * out (B, D) = inp / max(||inp_i||, eps); norms (B) saves max(||inp_i||, eps) for backward. */
 void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, int D);
-/* dinp_i (B, D) = (dout_i - out_i <out_i, dout_i>) / norms_i (written). */
-void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out,
-                              const float *norms, int B, int D);
+/* dinp_i (B, D) = (dout_i - out_i <out_i, dout_i>) / norms_i (written; may alias dout). */
+void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, const float *norms,
+                              int B, int D);
 
 /* ---- the embedding model ---- */
 

@@ -111,11 +111,12 @@ enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
     s->num_groups = count_groups(s);
     s->num_batches = s->num_groups / (batch_size / s->k);
     if (s->num_batches < 1) {
+        long long groups = (long long)s->num_groups;
         ft_sampler_free(s);
         return ft_error_set(err, FT_EINVAL, "batch_size",
                             "batch_size %d cannot be filled with groups of %d items per class "
                             "(only %lld full groups in the data)",
-                            batch_size, num_items_per_class, (long long)s->num_groups);
+                            batch_size, num_items_per_class, groups);
     }
     s->groups = malloc((size_t)s->num_groups * sizeof *s->groups);
     if (!s->groups)

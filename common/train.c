@@ -156,6 +156,14 @@ static void gather(struct trainer *t, const struct ft_dataset *ds, int B)
     }
 }
 
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
 /* One training step on the batch in t->idx; *loss set. */
 static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_error *err)
 {
@@ -166,7 +174,7 @@ static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_e
                                    NULL);
     if (e != FT_OK)
         return ft_error_set(err, e, NULL, "training step failed: %s", ft_err_message(e));
-    if (!isfinite(*loss))
+    if (!isfinite(*loss) || !all_finite(t->emb, (size_t)B * (size_t)t->out_dim))
         return FT_ENUMERIC;
     ft_model_zero_grad(t->model);
     ft_model_backward(t->model, t->demb, B);
@@ -363,9 +371,11 @@ static enum ft_err train_epoch(struct trainer *t, ft_sampler *s, int epoch, doub
         enum ft_err e = train_step(t, t->cfg->batch_size, &loss, err);
         if (e == FT_ENUMERIC)
             return ft_error_set(err, FT_ENUMERIC, NULL,
-                                "the loss became %s at epoch %d, batch %lld: lower the "
-                                "learning_rate or check the data",
-                                isnan(loss) ? "NaN" : "infinite", epoch, (long long)b + 1);
+                                "the %s became %s at epoch %d, batch %lld: lower the "
+                                "learning_rate or check the data for NaN/inf",
+                                isfinite(loss) ? "model output" : "loss",
+                                isfinite(loss) || isnan(loss) ? "NaN" : "infinite", epoch,
+                                (long long)b + 1);
         if (e != FT_OK)
             return e;
         sum += loss;
@@ -407,8 +417,13 @@ static enum ft_err write_artifact(struct trainer *t, json_t *config, json_t *aft
     char *met_s = json_dumps(after, JSON_COMPACT | JSON_SORT_KEYS);
     char be[32];
     snprintf(be, sizeof be, "%d", best_epoch);
-    json_t *meta = json_pack("{s:s, s:s?, s:s?, s:s?, s:s}", "format", "finetunerd", "model_config",
-                             mc_s, "run_config", cfg_s, "metrics", met_s, "best_epoch", be);
+    json_t *meta = json_pack("{s:s, s:s}", "format", "finetunerd", "best_epoch", be);
+    if (meta && mc_s)
+        json_object_set_new(meta, "model_config", json_string(mc_s));
+    if (meta && cfg_s)
+        json_object_set_new(meta, "run_config", json_string(cfg_s));
+    if (meta && met_s)
+        json_object_set_new(meta, "metrics", json_string(met_s));
     enum ft_err e = meta ? ft_safetensors_write(path, views, nt, meta, err)
                          : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
     json_decref(meta);

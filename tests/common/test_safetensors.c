@@ -388,7 +388,7 @@ Test(safetensors, readable_by_python_safetensors)
     json_t *md = json_pack("{s:s}", "k", "v");
     cr_assert_eq(ft_safetensors_write(tmp_path("py.safetensors"), in, 2, md, NULL), FT_OK);
     json_decref(md);
-    char cmd[512];
+    char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 -c 'import safetensors, struct; "
              "d = dict(safetensors.deserialize(open(\"%s\", \"rb\").read())); "

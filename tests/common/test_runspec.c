@@ -1,0 +1,144 @@
+/* test_runspec.c — the run config: defaults, normalisation, and a 400 naming the field for
+ * every kind of bad input. */
+#include "runspec.h"
+
+#include <criterion/criterion.h>
+#include <string.h>
+
+static enum ft_err parse(const char *text, struct ft_run_config *c, json_t **norm,
+                         struct ft_error *err)
+{
+    json_error_t jerr;
+    json_t *cfg = json_loads(text, 0, &jerr);
+    cr_assert_not_null(cfg, "bad test JSON: %s", jerr.text);
+    enum ft_err e = ft_run_config_parse(cfg, c, norm, err);
+    json_decref(cfg);
+    return e;
+}
+
+/* Parse text, expect FT_EINVAL with param. */
+static void expect_invalid(const char *text, const char *param)
+{
+    struct ft_run_config c;
+    struct ft_error err = {0};
+    cr_assert_eq(parse(text, &c, NULL, &err), FT_EINVAL, "accepted: %s", text);
+    cr_assert_str_eq(err.param, param, "for %s: message %s", text, err.message);
+    cr_assert(strlen(err.message) > 0);
+}
+
+#define MINIMAL "{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": \"tr\"}"
+
+Test(runspec, defaults_are_finetuners)
+{
+    struct ft_run_config c;
+    struct ft_error err;
+    json_t *norm;
+    cr_assert_eq(parse(MINIMAL "}", &c, &norm, &err), FT_OK, "%s", err.message);
+    cr_assert_str_eq(c.loss, "TripletMarginLoss");
+    cr_assert_str_eq(c.optimizer, "Adam");
+    cr_assert_eq(c.optim.kind, FT_OPTIM_ADAM);
+    cr_assert_float_eq(c.learning_rate, 1e-3, 1e-15);
+    cr_assert_eq(c.epochs, 5);
+    cr_assert_eq(c.batch_size, 128);
+    cr_assert_eq(c.num_items_per_class, 4);
+    cr_assert_eq(c.seed, 42);
+    cr_assert_eq(c.triplet.use_miner, 0);
+    json_t *hp = json_object_get(norm, "hyper_parameters");
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "optimizer")), "Adam");
+    cr_assert_eq(json_integer_value(json_object_get(hp, "epochs")), 5);
+    cr_assert(json_is_null(json_object_get(hp, "miner")));
+    cr_assert(json_is_array(json_object_get(norm, "callbacks")));
+    json_decref(norm);
+}
+
+Test(runspec, full_config_parses)
+{
+    struct ft_run_config c;
+    struct ft_error err;
+    const char *text =
+        "{\"model\": {\"name\": \"mlp\", \"options\": {\"input_size\": 784, \"hidden_sizes\": "
+        "[256, 128], \"activation\": \"relu\", \"l2\": true, \"bias\": false}},"
+        "\"data\": {\"train_data\": \"tr\", \"eval_data\": \"te\", \"num_items_per_class\": 8},"
+        "\"hyper_parameters\": {\"loss\": \"TripletMarginLoss\", \"loss_options\": {\"margin\": "
+        "0.2, \"distance\": \"cosine\"}, \"miner\": \"TripletMarginMiner\", \"miner_options\": "
+        "{\"type_of_triplets\": \"semihard\", \"margin\": 0.3}, \"optimizer\": \"SGD\", "
+        "\"optimizer_options\": {\"momentum\": 0.9, \"nesterov\": true}, \"learning_rate\": "
+        "0.01, \"epochs\": 3, \"batch_size\": 64},"
+        "\"callbacks\": [{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": "
+        "\"te\"}}, {\"name\": \"EarlyStopping\", \"options\": {\"monitor\": "
+        "\"mlp_precision_at_k\"}}], \"seed\": 7}";
+    cr_assert_eq(parse(text, &c, NULL, &err), FT_OK, "%s (%s)", err.message, err.param);
+    cr_assert_eq(c.mlp.num_hidden, 2);
+    cr_assert_eq(c.mlp.hidden_sizes[1], 128);
+    cr_assert_eq(c.mlp.l2, 1);
+    cr_assert_eq(c.mlp.bias, 0);
+    cr_assert_eq(c.triplet.distance, FT_DIST_COSINE);
+    cr_assert_eq(c.triplet.use_miner, 1);
+    cr_assert_eq(c.triplet.type, FT_TRIPLETS_SEMIHARD);
+    cr_assert_float_eq(c.triplet.miner_margin, 0.3, 1e-12);
+    cr_assert_eq(c.optim.kind, FT_OPTIM_SGD);
+    cr_assert_eq(c.optim.nesterov, 1);
+    cr_assert_eq(c.seed, 7);
+    cr_assert_eq(c.callbacks.num_eval, 1);
+    cr_assert_eq(c.callbacks.early_stopping.mode, FT_MODE_MAX);
+    const char *names[8];
+    cr_assert_eq(ft_run_config_datasets(&c, names, 8), 2);
+}
+
+Test(runspec, bad_input_names_the_field)
+{
+    expect_invalid("[]", "config");
+    expect_invalid("{\"data\": {\"train_data\": \"tr\"}}", "config.model");
+    expect_invalid(MINIMAL ", \"extra\": 1}", "config.extra");
+    expect_invalid("{\"model\": {\"name\": \"resnet\"}, \"data\": {\"train_data\": \"tr\"}}",
+                   "config.model.name");
+    expect_invalid("{\"model\": {\"name\": \"mlp\", \"options\": {\"hidden\": [1]}}, \"data\": "
+                   "{\"train_data\": \"tr\"}}",
+                   "config.model.options.hidden");
+    expect_invalid("{\"model\": {\"name\": \"mlp\", \"options\": {\"hidden_sizes\": [0]}}, "
+                   "\"data\": {\"train_data\": \"tr\"}}",
+                   "config.model.options.hidden_sizes");
+    expect_invalid("{\"model\": {\"name\": \"mlp\"}, \"data\": {}}", "config.data.train_data");
+    expect_invalid("{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": 3}}",
+                   "config.data.train_data");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"epoch\": 3}}",
+                   "config.hyper_parameters.epoch");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"epochs\": \"5\"}}",
+                   "config.hyper_parameters.epochs");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"epochs\": 0}}",
+                   "config.hyper_parameters.epochs");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"learning_rate\": -1}}",
+                   "config.hyper_parameters.learning_rate");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss\": \"FooLoss\"}}",
+                   "config.hyper_parameters.loss");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"optimizer\": \"Lion\"}}",
+                   "config.hyper_parameters.optimizer");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss_options\": {\"swap\": true}}}",
+                   "config.hyper_parameters.loss_options.swap");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"batch_size\": 30}}",
+                   "config.hyper_parameters.batch_size");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"miner_options\": {\"margin\": 0.1}}}",
+                   "config.hyper_parameters.miner_options");
+    expect_invalid(MINIMAL ", \"seed\": -1}", "config.seed");
+    expect_invalid(MINIMAL ", \"callbacks\": [{\"name\": \"Foo\"}]}", "config.callbacks[0].name");
+    expect_invalid(MINIMAL ", \"callbacks\": [{\"name\": \"EarlyStopping\", \"options\": "
+                           "{\"min_delta\": -1, \"monitor\": \"train_loss\"}}]}",
+                   "config.callbacks[0].options.min_delta");
+}
+
+Test(runspec, monitors_must_have_a_series)
+{
+    /* val_loss without eval data or val_split cannot exist */
+    expect_invalid(MINIMAL ", \"callbacks\": [{\"name\": \"EarlyStopping\"}]}",
+                   "config.callbacks[0].options.monitor");
+    /* a metric without an EvaluationCallback cannot exist */
+    expect_invalid(MINIMAL ", \"callbacks\": [{\"name\": \"BestModelCheckpoint\", \"options\": "
+                           "{\"monitor\": \"mlp_ndcg_at_k\"}}]}",
+                   "config.callbacks[0].options.monitor");
+    struct ft_run_config c;
+    struct ft_error err;
+    cr_assert_eq(parse("{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": \"tr\", "
+                       "\"val_split\": 0.1}, \"callbacks\": [{\"name\": \"EarlyStopping\"}]}",
+                       &c, NULL, &err),
+                 FT_OK, "%s", err.message);
+}

@@ -1,0 +1,243 @@
+/* test_train.c — the training loop in-process on small synthetic clusters: metrics improve,
+ * callbacks decide the stop and the artifact, failures carry their reason. */
+#include "rng.h"
+#include "safetensors.h"
+#include "train.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DIM 16
+#define CLASSES 4
+
+/* CLASSES Gaussian clusters in DIM dims (centres far apart relative to noise scale), n rows. */
+static struct ft_dataset *clusters(int64_t n, double noise, uint64_t seed)
+{
+    struct ft_rng rng;
+    struct ft_dataset *ds = calloc(1, sizeof *ds);
+    ft_rng_seed(&rng, seed);
+    ds->n = n;
+    ds->dim = DIM;
+    ds->x = malloc((size_t)n * DIM * sizeof(float));
+    ds->labels = malloc((size_t)n * sizeof(int32_t));
+    ds->num_labels = CLASSES;
+    ds->label_names = calloc(CLASSES, sizeof(char *));
+    for (int c = 0; c < CLASSES; c++) {
+        ds->label_names[c] = malloc(8);
+        snprintf(ds->label_names[c], 8, "c%d", c);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int c = (int)(i % CLASSES);
+        ds->labels[i] = c;
+        for (int d = 0; d < DIM; d++) {
+            double centre = (d % CLASSES == c) ? 1.0 : 0.0;
+            ds->x[i * DIM + d] = (float)(centre + noise * (ft_rng_uniform(&rng) * 2 - 1));
+        }
+    }
+    return ds;
+}
+
+struct capture {
+    char log[65536];
+    size_t len;
+    int metrics_calls, epochs_seen;
+    double before_p, after_p;
+    int cancel_after; /* cancel once this many batches were asked about; 0 = never */
+    int checks;
+};
+
+static void on_log(void *ctx, const char *line)
+{
+    struct capture *c = ctx;
+    int n = snprintf(c->log + c->len, sizeof c->log - c->len, "%s\n", line);
+    if (n > 0 && c->len + (size_t)n < sizeof c->log)
+        c->len += (size_t)n;
+}
+
+static void on_metrics(void *ctx, const char *phase, int epoch, json_t *values)
+{
+    struct capture *c = ctx;
+    double p = json_number_value(json_object_get(values, "mlp_precision_at_k"));
+    c->metrics_calls++;
+    if (strcmp(phase, "before") == 0)
+        c->before_p = p;
+    else if (strcmp(phase, "after") == 0)
+        c->after_p = p;
+    else
+        c->epochs_seen = epoch;
+}
+
+static int on_canceled(void *ctx)
+{
+    struct capture *c = ctx;
+    return c->cancel_after && ++c->checks > c->cancel_after;
+}
+
+static void config(struct ft_run_config *cfg, const char *callbacks_json, int epochs)
+{
+    char text[2048];
+    struct ft_error err;
+    snprintf(text, sizeof text,
+             "{\"model\": {\"name\": \"mlp\", \"options\": {\"hidden_sizes\": [32, 8], \"l2\": "
+             "true}}, \"data\": {\"train_data\": \"tr\", \"eval_data\": \"ev\"}, "
+             "\"hyper_parameters\": {\"epochs\": %d, \"batch_size\": 32, \"learning_rate\": "
+             "0.01, \"loss_options\": {\"margin\": 0.2, \"distance\": \"cosine\"}}, "
+             "\"callbacks\": %s, \"seed\": 3}",
+             epochs, callbacks_json);
+    json_t *j = json_loads(text, 0, NULL);
+    cr_assert_not_null(j);
+    cr_assert_eq(ft_run_config_parse(j, cfg, NULL, &err), FT_OK, "%s", err.message);
+    json_decref(j);
+}
+
+static char *artifact_path(void)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/ft_test_train_%d.safetensors", (int)getpid());
+    return path;
+}
+
+Test(train, metrics_improve_and_artifact_is_the_best_epoch)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct capture cap = {0};
+    struct ft_dataset *tr = clusters(512, 1.6, 1), *ev = clusters(256, 1.6, 2);
+    config(&cfg,
+           "[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"ev\", "
+           "\"limit\": 10}}, {\"name\": \"BestModelCheckpoint\", \"options\": {\"monitor\": "
+           "\"mlp_precision_at_k\"}}]",
+           4);
+    struct ft_train_inputs in = {.train = tr, .eval = ev, .query = {ev}};
+    struct ft_train_hooks hooks = {&cap, on_log, on_metrics, on_canceled};
+    cr_assert_eq(ft_train(&cfg, &in, &hooks, artifact_path(), &res, &err), FT_OK, "%s",
+                 err.message);
+    cr_assert_eq(res.epochs_completed, 4);
+    cr_assert_eq(res.stopped_early, 0);
+    cr_assert(res.best_epoch >= 1 && res.best_epoch <= 4);
+    cr_assert_eq(cap.metrics_calls, 6, "before + 4 epochs + after");
+    cr_assert_gt(cap.after_p, cap.before_p + 0.05, "before %g after %g", cap.before_p,
+                 cap.after_p);
+    cr_assert(strstr(cap.log, "Model improved from -inf to"), "%s", cap.log);
+    cr_assert(strstr(cap.log, "Metric: 'mlp_average_precision' Value: "));
+    cr_assert(strstr(cap.log, "Finetuning took 0 days, 0 hours"));
+    cr_assert(strstr(cap.log, "Done\n"));
+
+    ft_safetensors *st;
+    struct ft_tensor_view v;
+    cr_assert_eq(ft_safetensors_open(artifact_path(), &st, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_safetensors_get(st, "linear_0.weight", &v), 0);
+    cr_assert_eq(v.shape[0], 32);
+    cr_assert_eq(v.shape[1], DIM);
+    cr_assert_eq(ft_safetensors_get(st, "linear_1.weight", &v), 0);
+    cr_assert_eq(v.shape[0], 8);
+    json_t *meta = ft_safetensors_metadata(st);
+    char want[16];
+    snprintf(want, sizeof want, "%d", res.best_epoch);
+    cr_assert_str_eq(json_string_value(json_object_get(meta, "best_epoch")), want);
+    cr_assert_not_null(json_object_get(meta, "model_config"));
+    ft_safetensors_free(st);
+    unlink(artifact_path());
+    ft_dataset_free(tr);
+    ft_dataset_free(ev);
+}
+
+Test(train, early_stopping_stops_and_says_so)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct capture cap = {0};
+    struct ft_dataset *tr = clusters(256, 0.2, 1), *ev = clusters(128, 0.2, 2);
+    /* well separated: precision is 1.0 every epoch, so in mode min it never improves after
+     * the first epoch and patience 0 stops after epoch 2 */
+    config(&cfg,
+           "[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"ev\"}}, "
+           "{\"name\": \"EarlyStopping\", \"options\": {\"monitor\": \"mlp_precision_at_k\", "
+           "\"mode\": \"min\", \"patience\": 0}}]",
+           5);
+    struct ft_train_inputs in = {.train = tr, .eval = ev, .query = {ev}};
+    struct ft_train_hooks hooks = {&cap, on_log, on_metrics, NULL};
+    cr_assert_eq(ft_train(&cfg, &in, &hooks, artifact_path(), &res, &err), FT_OK, "%s",
+                 err.message);
+    cr_assert_eq(res.epochs_completed, 2, "%s", cap.log);
+    cr_assert_eq(res.stopped_early, 1);
+    cr_assert_eq(res.best_epoch, 0);
+    cr_assert(strstr(res.details, "stopped early after epoch 2 of 5"), "%s", res.details);
+    cr_assert(strstr(cap.log, "Early stopping after epoch 2"));
+    unlink(artifact_path());
+    ft_dataset_free(tr);
+    ft_dataset_free(ev);
+}
+
+Test(train, non_finite_loss_fails_with_epoch_and_batch)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct ft_dataset *tr = clusters(256, 0.5, 1);
+    for (int64_t i = 0; i < tr->n * DIM; i++) /* finite, but squared distances overflow */
+        tr->x[i] *= 1e30f;
+    config(&cfg, "[]", 2);
+    cfg.eval_data[0] = '\0';
+    cfg.mlp.l2 = 0;
+    cfg.triplet.distance = FT_DIST_EUCLIDEAN;
+    cfg.triplet.normalize_embeddings = 0;
+    struct ft_train_inputs in = {.train = tr};
+    cr_assert_eq(ft_train(&cfg, &in, NULL, artifact_path(), &res, &err), FT_ENUMERIC);
+    cr_assert(strstr(err.message, "the loss became NaN at epoch 1, batch 1"), "%s",
+              err.message);
+    cr_assert_neq(access(artifact_path(), F_OK), 0, "no artifact for a failed run");
+    ft_dataset_free(tr);
+}
+
+Test(train, cancel_stops_at_the_next_batch)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct capture cap = {.cancel_after = 3};
+    struct ft_dataset *tr = clusters(256, 0.5, 1);
+    config(&cfg, "[]", 2);
+    cfg.eval_data[0] = '\0';
+    struct ft_train_inputs in = {.train = tr};
+    struct ft_train_hooks hooks = {&cap, on_log, on_metrics, on_canceled};
+    cr_assert_eq(ft_train(&cfg, &in, &hooks, artifact_path(), &res, &err), FT_ECANCELED);
+    cr_assert(strstr(err.message, "canceled at epoch 1, batch 4"), "%s", err.message);
+    ft_dataset_free(tr);
+}
+
+Test(train, same_seed_same_artifact)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct ft_dataset *tr = clusters(256, 1.0, 1);
+    char p1[80], p2[80];
+    snprintf(p1, sizeof p1, "%s.a", artifact_path());
+    snprintf(p2, sizeof p2, "%s.b", artifact_path());
+    config(&cfg, "[]", 2);
+    cfg.eval_data[0] = '\0';
+    struct ft_train_inputs in = {.train = tr};
+    cr_assert_eq(ft_train(&cfg, &in, NULL, p1, &res, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_train(&cfg, &in, NULL, p2, &res, &err), FT_OK, "%s", err.message);
+    FILE *a = fopen(p1, "rb"), *b = fopen(p2, "rb");
+    cr_assert(a && b);
+    int ca, cb, same = 1;
+    do {
+        ca = fgetc(a);
+        cb = fgetc(b);
+        same &= ca == cb;
+    } while (ca != EOF && cb != EOF);
+    fclose(a);
+    fclose(b);
+    cr_assert(same, "two runs with one seed wrote different artifacts");
+    unlink(p1);
+    unlink(p2);
+    ft_dataset_free(tr);
+}
