@@ -390,8 +390,9 @@ static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
                   "optimizer", c->optimizer, "optimizer_options", opt_opts, "learning_rate",
                   c->learning_rate, "epochs", c->epochs, "batch_size", c->batch_size);
     json_t *cbs = json_object_get(config, "callbacks");
-    return json_pack("{s:o, s:o, s:o, s:O, s:I}", "model", model, "data", data, "hyper_parameters",
-                     hp, "callbacks", cbs ? cbs : json_array(), "seed", (json_int_t)c->seed);
+    cbs = cbs && !json_is_null(cbs) ? json_incref(cbs) : json_array();
+    return json_pack("{s:o, s:o, s:o, s:o, s:I}", "model", model, "data", data, "hyper_parameters",
+                     hp, "callbacks", cbs, "seed", (json_int_t)c->seed);
 }
 
 static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_error *err)

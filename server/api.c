@@ -267,8 +267,9 @@ static void h_experiment_create(struct ctx *c)
     json_object_foreach(body, key, v)
     {
         if (strcmp(key, "name") != 0) {
-            json_decref(body);
-            return fail(c, FT_EINVAL, key, "unknown field '%s' (an experiment has a name)", key);
+            fail(c, FT_EINVAL, key, "unknown field '%s' (an experiment has a name)", key);
+            json_decref(body); /* after fail(): key points into body */
+            return;
         }
     }
     const char *name = json_string_value(json_object_get(body, "name"));

@@ -37,6 +37,35 @@ static void install_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+/* A worker of a previous daemon (killed with -9, say) may still be training one of the runs
+ * the store says STARTED: end it before its run is queued again, so no run has two workers. */
+static void end_orphan_workers(ft_store *store)
+{
+    int64_t ids[256];
+    pid_t pids[256];
+    int n = ft_store_runs_started(store, ids, pids, 256);
+    for (int i = 0; i < n; i++) {
+        char path[64], cmd[512], want[64];
+        if (pids[i] <= 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pids[i]);
+        FILE *f = fopen(path, "rb");
+        size_t len = f ? fread(cmd, 1, sizeof cmd - 1, f) : 0;
+        if (f)
+            fclose(f);
+        for (size_t k = 0; k < len; k++)
+            if (cmd[k] == '\0')
+                cmd[k] = ' ';
+        cmd[len] = '\0';
+        snprintf(want, sizeof want, "--worker %lld ", (long long)ids[i]);
+        if (len && strstr(cmd, want)) {
+            ft_log(FT_LOG_WARN, "main", "run=%lld ending orphaned worker pid=%d", (long long)ids[i],
+                   (int)pids[i]);
+            kill(pids[i], SIGKILL);
+        }
+    }
+}
+
 static int run_daemon(const struct ft_config *cfg)
 {
     struct ft_error err;
@@ -52,6 +81,7 @@ static int run_daemon(const struct ft_config *cfg)
         ft_log(FT_LOG_ERROR, "main", "%s", err.message);
         return 1;
     }
+    end_orphan_workers(store);
     int requeued = ft_store_runs_requeue_started(
         store, "finetunerd restarted; the run starts again from the beginning");
     if (requeued)

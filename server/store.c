@@ -456,7 +456,14 @@ static enum ft_err insert_run_locked(ft_store *s, const char *experiment, const 
         json_t *r = one_json(prep(s, "SELECT COALESCE(MAX(id), 0) + 1 AS n FROM runs", NULL));
         int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 1;
         json_decref(r);
-        snprintf(auto_name, sizeof auto_name, "run-%lld", (long long)n);
+        for (;; n++) { /* a user may have named a run "run-<n>" already */
+            snprintf(auto_name, sizeof auto_name, "run-%lld", (long long)n);
+            json_t *taken = one_json(prep(s, "SELECT 1 FROM runs WHERE experiment = ? AND name = ?",
+                                          "ss", experiment, auto_name));
+            if (!taken)
+                break;
+            json_decref(taken);
+        }
         name = auto_name;
     }
     int rc = exec_stmt(prep(s,
@@ -601,6 +608,16 @@ enum ft_err ft_store_run_config(ft_store *s, int64_t id, char **config, struct f
     return *config ? FT_OK : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
 }
 
+/* The run's name for a message (static buffer; called with the lock held). */
+static const char *run_name(ft_store *s, int64_t id)
+{
+    static __thread char name[128];
+    json_t *r = one_json(prep(s, "SELECT name FROM runs WHERE id = ?", "i", id));
+    snprintf(name, sizeof name, "%s", r ? json_string_value(json_object_get(r, "name")) : "?");
+    json_decref(r);
+    return name;
+}
+
 enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
 {
     enum ft_err e = FT_OK;
@@ -610,14 +627,16 @@ enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
                             "started', finished_at = " NOW " WHERE id = ? AND status = 'CREATED'",
                             "i", id));
     if (rc == SQLITE_DONE && sqlite3_changes(s->db) == 0)
-        rc = exec_stmt(prep(s,
-                            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status = "
-                            "'STARTED'",
-                            "i", id));
+        rc = exec_stmt(prep(
+            s,
+            "UPDATE runs SET cancel_requested = 1, details = 'cancel requested; the run stops at "
+            "the next batch' WHERE id = ? AND status = "
+            "'STARTED'",
+            "i", id));
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "canceling the run");
     else if (sqlite3_changes(s->db) == 0)
-        e = ft_error_set(err, FT_ECONFLICT, "run", "run %lld has already ended", (long long)id);
+        e = ft_error_set(err, FT_ECONFLICT, "run", "run '%s' has already ended", run_name(s, id));
     unlock(s);
     return e;
 }
@@ -641,7 +660,7 @@ enum ft_err ft_store_run_delete(ft_store *s, int64_t id, struct ft_error *err)
         e = db_error(s, err, "deleting the run");
     else if (sqlite3_changes(s->db) == 0)
         e = ft_error_set(err, FT_ECONFLICT, "run",
-                         "run %lld is running; cancel it before deleting it", (long long)id);
+                         "run '%s' is running; cancel it before deleting it", run_name(s, id));
     else
         remove_run_files(s, id);
     unlock(s);
@@ -712,6 +731,21 @@ int ft_store_runs_requeue_started(ft_store *s, const char *why)
     unlock(s);
     int n = (int)json_array_size(ids);
     json_decref(ids);
+    return n;
+}
+
+int ft_store_runs_started(ft_store *s, int64_t *ids, pid_t *pids, int cap)
+{
+    int n = 0;
+    lock(s);
+    sqlite3_stmt *st =
+        prep(s, "SELECT id, COALESCE(pid, 0) FROM runs WHERE status = 'STARTED'", NULL);
+    while (st && n < cap && sqlite3_step(st) == SQLITE_ROW) {
+        ids[n] = sqlite3_column_int64(st, 0);
+        pids[n++] = (pid_t)sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    unlock(s);
     return n;
 }
 

@@ -95,6 +95,8 @@ enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status,
 /* STARTED -> CREATED for runs whose worker is gone (daemon start/stop); clears their logs and
  * metrics so the rerun lists every epoch once. Returns how many. */
 int ft_store_runs_requeue_started(ft_store *s, const char *why);
+/* STARTED runs and their worker pids (0 when unknown), at most cap; returns the count. */
+int ft_store_runs_started(ft_store *s, int64_t *ids, pid_t *pids, int cap);
 /* Directory of run id (new string; created by the worker). */
 char *ft_store_run_dir(const ft_store *s, int64_t id);
 /* Path of the artifact (new string). */

@@ -27,8 +27,8 @@ static struct ft_dataset *clusters(int64_t n, double noise, uint64_t seed)
     ds->num_labels = CLASSES;
     ds->label_names = calloc(CLASSES, sizeof(char *));
     for (int c = 0; c < CLASSES; c++) {
-        ds->label_names[c] = malloc(8);
-        snprintf(ds->label_names[c], 8, "c%d", c);
+        ds->label_names[c] = malloc(16);
+        snprintf(ds->label_names[c], 16, "c%d", c);
     }
     for (int64_t i = 0; i < n; i++) {
         int c = (int)(i % CLASSES);
