@@ -1,5 +1,6 @@
-/* callbacks.c — parse EvaluationCallback / EarlyStopping / BestModelCheckpoint options and
- * run the per-epoch state of the last two (spec: tests/fixtures/callbacks/README.md).
+/* callbacks.c — parse the options of EvaluationCallback, EarlyStopping, BestModelCheckpoint,
+ * TrainingCheckpoint and WiSEFTCallback, and run the per-epoch state of EarlyStopping and
+ * BestModelCheckpoint (spec: tests/fixtures/callbacks/README.md).
  *
  * Parsing is strict: each callback's options are first collected into a table of known keys
  * (an unknown key is an error naming it), then validated in a fixed order — monitor, mode
@@ -184,15 +185,52 @@ static enum ft_err opt_monitor_mode(const struct cb_ctx *c, const struct opt_slo
 
 /* ---- the three callbacks ---------------------------------------------------------------- */
 
+/* caption: letters, digits, '-' and '.', so metric names stay "<model>_<caption>_<metric>". */
+static enum ft_err opt_caption(const struct cb_ctx *c, const struct opt_slot *s, char *dst,
+                               size_t size)
+{
+    enum ft_err rc = s->val && json_is_null(s->val) ? FT_OK : opt_string(c, s, dst, size);
+    for (const char *p = dst; rc == FT_OK && *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '.'))
+            rc = opt_error(c, s->key,
+                           "%s option 'caption' may hold only letters, digits, '-' "
+                           "and '.' (it becomes part of metric names)",
+                           c->name);
+    return rc;
+}
+
+static enum ft_err parse_eval_extras(const struct cb_ctx *c, struct opt_slot *s,
+                                     struct ft_eval_callback *ev)
+{
+    enum ft_err rc = opt_caption(c, &s[0], ev->caption, sizeof ev->caption);
+    if (rc == FT_OK)
+        rc = opt_bool(c, &s[1], &ev->gather_examples);
+    if (rc == FT_OK)
+        rc = opt_int(c, &s[2], 1, 100, "between 1 and 100", &ev->num_example_queries);
+    if (rc == FT_OK && s[3].val && !json_is_null(s[3].val))
+        rc = opt_int(c, &s[3], 1, INT_MAX, ">= 1", &ev->query_sample_size);
+    if (rc == FT_OK && s[4].val && !json_is_null(s[4].val))
+        rc = opt_int(c, &s[4], 1, INT_MAX, ">= 1", &ev->steps_per_interval);
+    return rc;
+}
+
 static enum ft_err parse_eval(const struct cb_ctx *c, json_t *options, struct ft_eval_callback *ev)
 {
-    struct opt_slot s[] = {{"query_data", NULL}, {"index_data", NULL},   {"limit", NULL},
-                           {"distance", NULL},   {"exclude_self", NULL}, {"batch_size", NULL}};
-    *ev = (struct ft_eval_callback){
-        .limit = 20, .distance = FT_SCORE_COSINE, .exclude_self = 1, .batch_size = 8};
-    enum ft_err rc = collect_options(c, options, s, 6,
+    struct opt_slot s[] = {
+        {"query_data", NULL},        {"index_data", NULL},        {"limit", NULL},
+        {"distance", NULL},          {"exclude_self", NULL},      {"batch_size", NULL},
+        {"caption", NULL},           {"gather_examples", NULL},   {"num_example_queries", NULL},
+        {"query_sample_size", NULL}, {"steps_per_interval", NULL}};
+    *ev = (struct ft_eval_callback){.limit = 20,
+                                    .distance = FT_SCORE_COSINE,
+                                    .exclude_self = 1,
+                                    .batch_size = 8,
+                                    .num_example_queries = 5};
+    enum ft_err rc = collect_options(c, options, s, 11,
                                      "query_data, index_data, limit, distance, exclude_self, "
-                                     "batch_size");
+                                     "batch_size, caption, gather_examples, num_example_queries, "
+                                     "query_sample_size, steps_per_interval");
     if (rc != FT_OK)
         return rc;
     if (!s[0].val)
@@ -202,7 +240,7 @@ static enum ft_err parse_eval(const struct cb_ctx *c, json_t *options, struct ft
     if (rc == FT_OK && !json_is_null(s[1].val))
         rc = opt_string(c, &s[1], ev->index_data, sizeof ev->index_data);
     if (rc == FT_OK)
-        rc = opt_int(c, &s[2], 1, INT_MAX, ">= 1", &ev->limit);
+        rc = opt_int(c, &s[2], 1, 10000, "between 1 and 10000", &ev->limit);
     if (rc == FT_OK && s[3].val && ft_score_parse(json_string_value(s[3].val), &ev->distance))
         rc = opt_error(c, "distance",
                        "%s option 'distance' must be 'cosine', 'euclidean', 'sqeuclidean' or "
@@ -212,6 +250,31 @@ static enum ft_err parse_eval(const struct cb_ctx *c, json_t *options, struct ft
         rc = opt_bool(c, &s[4], &ev->exclude_self);
     if (rc == FT_OK)
         rc = opt_int(c, &s[5], 1, MAX_BATCH_SIZE, "between 1 and 65536", &ev->batch_size);
+    if (rc == FT_OK)
+        rc = parse_eval_extras(c, s + 6, ev);
+    return rc;
+}
+
+static enum ft_err parse_training_checkpoint(const struct cb_ctx *c, json_t *options,
+                                             struct ft_training_checkpoint *t)
+{
+    struct opt_slot s[] = {{"last_k_epochs", NULL}};
+    t->last_k_epochs = 1;
+    enum ft_err rc = collect_options(c, options, s, 1, "last_k_epochs");
+    if (rc == FT_OK)
+        rc = opt_int(c, &s[0], 1, 1000, "between 1 and 1000", &t->last_k_epochs);
+    return rc;
+}
+
+static enum ft_err parse_wiseft(const struct cb_ctx *c, json_t *options, struct ft_wiseft *w)
+{
+    struct opt_slot s[] = {{"alpha", NULL}};
+    w->alpha = 0.4;
+    enum ft_err rc = collect_options(c, options, s, 1, "alpha");
+    if (rc == FT_OK)
+        rc = opt_nonneg(c, &s[0], &w->alpha);
+    if (rc == FT_OK && w->alpha > 1)
+        rc = opt_error(c, "alpha", "%s option 'alpha' must be in [0, 1]", c->name);
     return rc;
 }
 
@@ -334,10 +397,76 @@ static enum ft_err parse_one(json_t *cb, int i, struct ft_callbacks *out, struct
         out->has_best_checkpoint = 1;
         return parse_best_checkpoint(&c, options, &out->best_checkpoint);
     }
+    if (strcmp(name, "TrainingCheckpoint") == 0) {
+        if (out->has_training_checkpoint)
+            return too_many(err, i, name);
+        out->has_training_checkpoint = 1;
+        return parse_training_checkpoint(&c, options, &out->training_checkpoint);
+    }
+    if (strcmp(name, "WiSEFTCallback") == 0) {
+        if (out->has_wiseft)
+            return too_many(err, i, name);
+        out->has_wiseft = 1;
+        return parse_wiseft(&c, options, &out->wiseft);
+    }
     return entry_error(err, i, "name",
-                       "unknown callback '%s'; expected EvaluationCallback, "
-                       "EarlyStopping or BestModelCheckpoint",
+                       "unknown callback '%s'; expected EvaluationCallback, EarlyStopping, "
+                       "BestModelCheckpoint, TrainingCheckpoint or WiSEFTCallback",
                        name);
+}
+
+int ft_monitor_eval_index(const struct ft_callbacks *cb, const char *monitor)
+{
+    int m = ft_metric_lookup(monitor);
+    if (m < 0)
+        return -1;
+    size_t len = strlen(monitor) - strlen(ft_metric_name(m)); /* prefix incl. its '_' */
+    int uncaptioned = -1;
+    for (int i = 0; i < cb->num_eval; i++) {
+        size_t cl = strlen(cb->eval[i].caption);
+        if (!cl) {
+            uncaptioned = uncaptioned < 0 ? i : uncaptioned;
+            continue;
+        }
+        /* prefix is "<caption>_" or ends with "_<caption>_" */
+        if (len >= cl + 1 && strncmp(monitor + len - cl - 1, cb->eval[i].caption, cl) == 0 &&
+            (len == cl + 1 || monitor[len - cl - 2] == '_'))
+            return i;
+    }
+    return uncaptioned;
+}
+
+/* Captions tell EvaluationCallbacks apart; metric monitors must find theirs. */
+static enum ft_err check_eval_links(json_t *callbacks, struct ft_callbacks *out,
+                                    struct ft_error *err)
+{
+    for (int i = 0; i < out->num_eval; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(out->eval[i].caption, out->eval[j].caption) == 0)
+                return ft_error_set(err, FT_EINVAL, "callbacks",
+                                    "several EvaluationCallbacks need distinct 'caption' options "
+                                    "(two have caption '%s')",
+                                    out->eval[i].caption);
+    for (size_t i = 0; i < json_array_size(callbacks); i++) {
+        const char *name = json_string_value(json_object_get(json_array_get(callbacks, i), "name"));
+        int es = name && strcmp(name, "EarlyStopping") == 0;
+        int bc = name && strcmp(name, "BestModelCheckpoint") == 0;
+        struct ft_early_stopping *e = es ? &out->early_stopping : NULL;
+        struct ft_best_checkpoint *b = bc ? &out->best_checkpoint : NULL;
+        if (!(e && e->kind == FT_MON_METRIC) && !(b && b->kind == FT_MON_METRIC))
+            continue;
+        const char *monitor = e ? e->monitor : b->monitor;
+        int idx = out->num_eval ? ft_monitor_eval_index(out, monitor) : 0;
+        if (idx < 0)
+            return entry_error(err, (int)i, "options.monitor",
+                               "monitor '%s' matches the caption of no EvaluationCallback",
+                               monitor);
+        if (e)
+            e->eval_index = idx;
+        else
+            b->eval_index = idx;
+    }
+    return FT_OK;
 }
 
 enum ft_err ft_callbacks_parse(json_t *callbacks, struct ft_callbacks *out, struct ft_error *err)
@@ -356,7 +485,10 @@ enum ft_err ft_callbacks_parse(json_t *callbacks, struct ft_callbacks *out, stru
             return rc;
         }
     }
-    return FT_OK;
+    enum ft_err rc = check_eval_links(callbacks, out, err);
+    if (rc != FT_OK)
+        memset(out, 0, sizeof *out);
+    return rc;
 }
 
 /* ---- per-epoch state -------------------------------------------------------------------- */

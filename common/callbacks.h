@@ -29,15 +29,34 @@ struct ft_eval_callback {
     enum ft_score distance;       /* default cosine */
     int exclude_self;             /* default 1 */
     int batch_size;               /* embedding batch size, default 8 as Finetuner (>= 1) */
+    char caption[64];             /* "" = none; metrics are then "<model>_<caption>_<metric>",
+                                     required to tell several EvaluationCallbacks apart */
+    int gather_examples;          /* 1 = keep the top-limit results of example queries */
+    int num_example_queries;      /* how many (default 5), the first queries of query_data */
+    int query_sample_size;        /* 0 = every query; else a seeded sample of that many */
+    int steps_per_interval;       /* 0 = after each epoch only; else also every N batches */
+};
+
+/* TrainingCheckpoint(last_k_epochs=1): keep the last k epochs' full training state. */
+struct ft_training_checkpoint {
+    int last_k_epochs; /* >= 1 */
+};
+
+/* WiSEFTCallback(alpha=0.4): artifact = (1 - alpha) theta_start + alpha theta_finetuned, for
+ * runs that start from model.artifact (Wortsman et al., "Robust fine-tuning of zero-shot
+ * models", CVPR 2022). */
+struct ft_wiseft {
+    double alpha; /* [0, 1] */
 };
 
 struct ft_early_stopping {
-    char monitor[FT_NAME_MAX];  /* default "val_loss" */
+    char monitor[FT_NAME_MAX]; /* default "val_loss" */
     enum ft_monitor_kind kind;
-    int metric;                 /* enum ft_metric when kind == FT_MON_METRIC */
-    enum ft_mode mode;          /* resolved */
-    int patience;               /* default 2, integer >= 0 */
-    double min_delta;           /* default 0, >= 0 */
+    int metric;        /* enum ft_metric when kind == FT_MON_METRIC */
+    int eval_index;    /* which EvaluationCallback a metric monitor reads */
+    enum ft_mode mode; /* resolved */
+    int patience;      /* default 2, integer >= 0 */
+    double min_delta;  /* default 0, >= 0 */
     int has_baseline;
     double baseline;
     /* state */
@@ -50,6 +69,7 @@ struct ft_best_checkpoint {
     char monitor[FT_NAME_MAX]; /* default "val_loss" */
     enum ft_monitor_kind kind;
     int metric;
+    int eval_index;
     enum ft_mode mode;
     /* state */
     int best_epoch; /* 0 = none yet */
@@ -63,6 +83,10 @@ struct ft_callbacks {
     struct ft_early_stopping early_stopping;
     int has_best_checkpoint;
     struct ft_best_checkpoint best_checkpoint;
+    int has_training_checkpoint;
+    struct ft_training_checkpoint training_checkpoint;
+    int has_wiseft;
+    struct ft_wiseft wiseft;
 };
 
 /* Resolve mode "min" | "max" | "auto" for monitor; FT_EINVAL (param "mode") when auto cannot
@@ -70,6 +94,11 @@ struct ft_callbacks {
  * mode, a monitor naming no known series is FT_EINVAL (param "monitor"). */
 enum ft_err ft_monitor_resolve(const char *monitor, const char *mode, enum ft_mode *mode_out,
                                enum ft_monitor_kind *kind, int *metric, struct ft_error *err);
+
+/* Which EvaluationCallback a metric monitor reads: the one whose caption stands between the
+ * model prefix and the metric name ("mlp_test_ndcg_at_k", "test_ndcg_at_k"), else the one
+ * without a caption. Returns the index or -1 when none fits. */
+int ft_monitor_eval_index(const struct ft_callbacks *cb, const char *monitor);
 
 /* Parse the run config's "callbacks" array ([{"name", "options"}], borrowed; NULL = none)
  * into out (zeroed first). Unknown callback names, unknown or mistyped options, out-of-range
@@ -82,7 +111,6 @@ int ft_early_stopping_update(struct ft_early_stopping *es, int has_value, double
                              int *improved);
 
 /* Feed epoch (1-based) and its value; returns 1 when it is the new best. */
-int ft_best_checkpoint_update(struct ft_best_checkpoint *b, int epoch, int has_value,
-                              double value);
+int ft_best_checkpoint_update(struct ft_best_checkpoint *b, int epoch, int has_value, double value);
 
 #endif

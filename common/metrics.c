@@ -248,6 +248,8 @@ struct eval_ctx {
     float *dots;        /* (block, n_index) */
     struct hit *heap;   /* (heap_cap) */
     unsigned char *rel; /* (heap_cap) */
+    int64_t *top_ids;   /* ft_retrieval_topk: (nq, k) outputs, else NULL */
+    double *top_scores;
 };
 
 static void sq_norms(const float *emb, int64_t n, int dim, double *out)
@@ -326,6 +328,14 @@ static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double
         }
         struct hit h = {pair_score(c, dots[j], c->qsq[qi], j), c->d->ids[j], j};
         heap_offer(c->heap, &n, c->heap_cap, &h);
+    }
+    if (c->top_ids) { /* examples: the ranking itself, whatever R is */
+        refine_pool(c, qi, c->heap, n);
+        for (int i = 0; i < c->k; i++) {
+            c->top_ids[qi * c->k + i] = i < n ? c->heap[i].id : -1;
+            c->top_scores[qi * c->k + i] = i < n ? c->heap[i].score : 0.0;
+        }
+        return;
     }
     if (R <= 0) {
         out->skipped++;
@@ -439,16 +449,46 @@ static void eval_all(struct eval_ctx *c, int block, double *sum, struct ft_metri
     }
 }
 
+/* Shared by ft_retrieval_metrics and ft_retrieval_topk (top_ids non-NULL). */
+static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eval_set *index,
+                            int dim, int k, enum ft_score score, int exclude_self,
+                            struct ft_metrics_result *out, int64_t *top_ids, double *top_scores,
+                            struct ft_error *err);
+
+enum ft_err ft_retrieval_topk(const struct ft_eval_set *query, const struct ft_eval_set *index,
+                              int dim, int k, enum ft_score score, int exclude_self, int64_t *ids,
+                              double *scores, struct ft_error *err)
+{
+    struct ft_metrics_result unused;
+    if (!ids || !scores)
+        return ft_error_set(err, FT_EINVAL, "ids", "output arrays are required");
+    return retrieve(query, index, dim, k, score, exclude_self, &unused, ids, scores, err);
+}
+
 enum ft_err ft_retrieval_metrics(const struct ft_eval_set *query, const struct ft_eval_set *index,
                                  int dim, int k, enum ft_score score, int exclude_self,
                                  struct ft_metrics_result *out, struct ft_error *err)
+{
+    return retrieve(query, index, dim, k, score, exclude_self, out, NULL, NULL, err);
+}
+
+static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eval_set *index,
+                            int dim, int k, enum ft_score score, int exclude_self,
+                            struct ft_metrics_result *out, int64_t *top_ids, double *top_scores,
+                            struct ft_error *err)
 {
     const struct ft_eval_set *d = index ? index : query;
     enum ft_err rc = check_args(query, d, dim, k, out, err);
     if (rc != FT_OK)
         return rc;
     memset(out, 0, sizeof *out);
-    struct eval_ctx c = {.q = query, .d = d, .dim = dim, .k = k, .score = score};
+    struct eval_ctx c = {.q = query,
+                         .d = d,
+                         .dim = dim,
+                         .k = k,
+                         .score = score,
+                         .top_ids = top_ids,
+                         .top_scores = top_scores};
     c.exclude = exclude_self && (index == NULL || index == query);
     int64_t pool = (int64_t)k + k / 4 + 16;
     c.heap_cap = (int)(pool < d->n ? pool : d->n);

@@ -64,4 +64,13 @@ enum ft_err ft_retrieval_metrics(const struct ft_eval_set *query, const struct f
                                  int dim, int k, enum ft_score score, int exclude_self,
                                  struct ft_metrics_result *out, struct ft_error *err);
 
+/* The ranking itself, for EvaluationCallback's gather_examples: for every query i of query
+ * (use a subset set for a few queries) its top k index documents, best first, ties by smaller
+ * id, with exclude_self as above: ids (query->n, k) and scores (query->n, k) written; slots
+ * past the candidates hold id -1 and score 0. Scores as ranked (cosine, -squared euclidean,
+ * inner product). Errors as ft_retrieval_metrics. */
+enum ft_err ft_retrieval_topk(const struct ft_eval_set *query, const struct ft_eval_set *index,
+                              int dim, int k, enum ft_score score, int exclude_self,
+                              int64_t *ids, double *scores, struct ft_error *err);
+
 #endif

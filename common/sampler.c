@@ -4,7 +4,8 @@
  * start positions of the current epoch's groups. Each epoch: shuffle every class's segment of
  * order in place, cut it into groups of k = num_items_per_class (dropping a short tail), shuffle
  * all groups together; batch b is groups [b * G, (b + 1) * G) with G = batch_size / k. The
- * group count per class does not change between epochs, so neither does num_batches. */
+ * group count per class does not change between epochs, so neither does num_batches.
+ * The random sampler is the same machine over one class with groups of one row. */
 #include "sampler.h"
 
 #include "rng.h"
@@ -91,6 +92,10 @@ static enum ft_err check_args(int64_t n, int batch_size, int k, struct ft_error 
     return FT_OK;
 }
 
+static enum ft_err sampler_new(const int32_t *labels, int64_t n, int batch_size,
+                               int num_items_per_class, uint64_t seed, ft_sampler **out,
+                               struct ft_error *err);
+
 enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
                            int num_items_per_class, uint64_t seed, ft_sampler **out,
                            struct ft_error *err)
@@ -99,6 +104,33 @@ enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
     enum ft_err rc = check_args(n, batch_size, num_items_per_class, err);
     if (rc != FT_OK)
         return rc;
+    return sampler_new(labels, n, batch_size, num_items_per_class, seed, out, err);
+}
+
+/* The random sampler is the class sampler with one class and groups of one item. */
+enum ft_err ft_sampler_new_random(int64_t n, int batch_size, uint64_t seed, ft_sampler **out,
+                                  struct ft_error *err)
+{
+    *out = NULL;
+    if (batch_size < 2)
+        return ft_error_set(err, FT_EINVAL, "batch_size", "batch_size must be >= 2, got %d",
+                            batch_size);
+    if (n < batch_size)
+        return ft_error_set(err, FT_EINVAL, "batch_size",
+                            "batch_size %d is larger than the %lld items in the data", batch_size,
+                            (long long)n);
+    int32_t *zeros = calloc((size_t)n, sizeof *zeros);
+    if (!zeros)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory allocating the sampler");
+    enum ft_err rc = sampler_new(zeros, n, batch_size, 1, seed, out, err);
+    free(zeros);
+    return rc;
+}
+
+static enum ft_err sampler_new(const int32_t *labels, int64_t n, int batch_size,
+                               int num_items_per_class, uint64_t seed, ft_sampler **out,
+                               struct ft_error *err)
+{
     ft_sampler *s = calloc(1, sizeof *s);
     if (!s)
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory allocating the sampler");

@@ -21,6 +21,11 @@ typedef struct ft_sampler ft_sampler;
 enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
                            int num_items_per_class, uint64_t seed, ft_sampler **out,
                            struct ft_error *err);
+/* New random sampler (Finetuner's sampler='random'): each epoch a seeded permutation of the
+ * n rows cut into batches of batch_size (a short last batch is dropped), whatever the labels.
+ * Errors: FT_EINVAL with param "batch_size" (< 2 or larger than n), FT_ENOMEM. */
+enum ft_err ft_sampler_new_random(int64_t n, int batch_size, uint64_t seed, ft_sampler **out,
+                                  struct ft_error *err);
 /* Batches per epoch (>= 1). */
 int64_t ft_sampler_num_batches(const ft_sampler *s);
 /* Batch size (the number of indices ft_sampler_next writes). */

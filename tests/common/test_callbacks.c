@@ -389,3 +389,67 @@ Test(callbacks, patience_zero_stops_at_first_non_improvement)
     cr_assert_eq(ft_early_stopping_update(&cb.early_stopping, 1, 0.5, &improved), 1);
     cr_assert_eq(improved, 0);
 }
+
+Test(callbacks, captions_tell_evaluation_callbacks_apart)
+{
+    struct ft_callbacks cb;
+    struct ft_error err;
+    const char *two = "[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"a\", "
+                      "\"caption\": \"train\", \"gather_examples\": true, \"num_example_queries\": "
+                      "3, \"query_sample_size\": 100, \"steps_per_interval\": 50}},"
+                      " {\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"b\", "
+                      "\"caption\": \"test\"}},"
+                      " {\"name\": \"EarlyStopping\", \"options\": {\"monitor\": "
+                      "\"mlp_test_ndcg_at_k\"}},"
+                      " {\"name\": \"BestModelCheckpoint\", \"options\": {\"monitor\": "
+                      "\"train_precision_at_k\"}}]";
+    cr_assert_eq(parse_text(two, &cb, &err), FT_OK, "%s (%s)", err.message, err.param);
+    cr_assert_eq(cb.num_eval, 2);
+    cr_assert_str_eq(cb.eval[0].caption, "train");
+    cr_assert_eq(cb.eval[0].gather_examples, 1);
+    cr_assert_eq(cb.eval[0].num_example_queries, 3);
+    cr_assert_eq(cb.eval[0].query_sample_size, 100);
+    cr_assert_eq(cb.eval[0].steps_per_interval, 50);
+    cr_assert_eq(cb.eval[1].num_example_queries, 5, "default");
+    cr_assert_eq(cb.early_stopping.eval_index, 1);
+    cr_assert_eq(cb.early_stopping.mode, FT_MODE_MAX);
+    cr_assert_eq(cb.best_checkpoint.eval_index, 0);
+    expect_invalid("[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"a\"}},"
+                   " {\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"b\"}}]",
+                   "callbacks");
+    expect_invalid("[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"a\", "
+                   "\"caption\": \"x\"}}, {\"name\": \"EarlyStopping\", \"options\": "
+                   "{\"monitor\": \"mlp_y_ndcg_at_k\"}}]",
+                   "callbacks[1].options.monitor");
+    expect_invalid("[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"a\", "
+                   "\"caption\": \"a b\"}}]",
+                   "callbacks[0].options.caption");
+    expect_invalid("[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"a\", "
+                   "\"limit\": 0}}]",
+                   "callbacks[0].options.limit");
+}
+
+Test(callbacks, training_checkpoint_and_wiseft)
+{
+    struct ft_callbacks cb;
+    struct ft_error err;
+    cr_assert_eq(parse_text("[{\"name\": \"TrainingCheckpoint\"}, {\"name\": \"WiSEFTCallback\"}]",
+                            &cb, &err),
+                 FT_OK, "%s", err.message);
+    cr_assert_eq(cb.has_training_checkpoint, 1);
+    cr_assert_eq(cb.training_checkpoint.last_k_epochs, 1);
+    cr_assert_eq(cb.has_wiseft, 1);
+    cr_assert_float_eq(cb.wiseft.alpha, 0.4, 1e-12);
+    cr_assert_eq(parse_text("[{\"name\": \"TrainingCheckpoint\", \"options\": {\"last_k_epochs\": "
+                            "3}}, {\"name\": \"WiSEFTCallback\", \"options\": {\"alpha\": 1}}]",
+                            &cb, &err),
+                 FT_OK, "%s", err.message);
+    cr_assert_eq(cb.training_checkpoint.last_k_epochs, 3);
+    cr_assert_float_eq(cb.wiseft.alpha, 1.0, 1e-12);
+    expect_invalid("[{\"name\": \"TrainingCheckpoint\", \"options\": {\"last_k_epochs\": 0}}]",
+                   "callbacks[0].options.last_k_epochs");
+    expect_invalid("[{\"name\": \"WiSEFTCallback\", \"options\": {\"alpha\": 1.5}}]",
+                   "callbacks[0].options.alpha");
+    expect_invalid("[{\"name\": \"WiSEFTCallback\", \"options\": {\"beta\": 1}}]",
+                   "callbacks[0].options.beta");
+}

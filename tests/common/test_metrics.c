@@ -283,3 +283,32 @@ Test(metrics, score_parse)
     cr_assert_eq(ft_score_parse("manhattan", &s), -1);
     cr_assert_eq(ft_score_parse(NULL, &s), -1);
 }
+
+Test(metrics, topk_ranks_like_the_metrics)
+{
+    const float q[] = {1, 0};
+    const float d[] = {2, 0, 1, 0.25f, 0.5f, 0};
+    const int64_t qid[] = {10}, did[] = {2, 0, 1};
+    const int32_t ql[] = {0}, dl[] = {0, 1, 1};
+    struct ft_eval_set qs = {q, qid, ql, 1}, ds = {d, did, dl, 3};
+    int64_t ids[4];
+    double scores[4];
+    struct ft_error err;
+    cr_assert_eq(ft_retrieval_topk(&qs, &ds, 2, 4, FT_SCORE_COSINE, 1, ids, scores, &err), FT_OK);
+    cr_assert(ids[0] == 1 && ids[1] == 2 && ids[2] == 0 && ids[3] == -1,
+              "cosine: a and c tie, smaller id first: %lld %lld %lld %lld", (long long)ids[0],
+              (long long)ids[1], (long long)ids[2], (long long)ids[3]);
+    cr_assert_float_eq(scores[0], 1.0, 1e-12);
+    cr_assert_eq(ft_retrieval_topk(&qs, &ds, 2, 3, FT_SCORE_INNER_PRODUCT, 1, ids, scores, &err),
+                 FT_OK);
+    cr_assert(ids[0] == 2 && ids[1] == 0 && ids[2] == 1);
+    cr_assert_eq(ft_retrieval_topk(&qs, &ds, 2, 3, FT_SCORE_EUCLIDEAN, 1, ids, scores, &err),
+                 FT_OK);
+    cr_assert(ids[0] == 0 && ids[1] == 1 && ids[2] == 2);
+    cr_assert_float_eq(scores[0], -0.0625, 1e-12);
+    /* index omitted: exclude_self drops the query's own id */
+    cr_assert_eq(ft_retrieval_topk(&ds, NULL, 2, 3, FT_SCORE_INNER_PRODUCT, 1, ids, scores, &err),
+                 FT_OK);
+    cr_assert(ids[0] == 0 && ids[1] == 1 && ids[2] == -1, "row of id 2: %lld %lld %lld",
+              (long long)ids[0], (long long)ids[1], (long long)ids[2]);
+}

@@ -141,3 +141,26 @@ Test(sampler, bad_arguments_are_einval)
     assert_einval(4, 1, "num_items_per_class");
     ft_sampler_free(NULL);
 }
+
+Test(sampler, random_sampler_is_a_seeded_permutation)
+{
+    ft_sampler *s;
+    struct ft_error err;
+    int64_t idx[8], seen[40] = {0};
+    cr_assert_eq(ft_sampler_new_random(40, 8, 5, &s, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_sampler_num_batches(s), 5);
+    int batches = 0;
+    while (ft_sampler_next(s, idx)) {
+        for (int i = 0; i < 8; i++) {
+            cr_assert(idx[i] >= 0 && idx[i] < 40);
+            seen[idx[i]]++;
+        }
+        batches++;
+    }
+    cr_assert_eq(batches, 5);
+    for (int i = 0; i < 40; i++)
+        cr_assert_eq(seen[i], 1, "row %d seen %lld times", i, (long long)seen[i]);
+    ft_sampler_free(s);
+    cr_assert_eq(ft_sampler_new_random(4, 8, 5, &s, &err), FT_EINVAL);
+    cr_assert_str_eq(err.param, "batch_size");
+}
