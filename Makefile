@@ -73,6 +73,9 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libftserver.a 
 
 tests: $(TEST_BIN) all
 
+# keep the test objects (they are intermediate files of the pattern rule above)
+.SECONDARY:
+
 # deps: install what is missing with apt (non-interactive); nothing when all is there.
 DEB_PKGS := build-essential libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev \
             libcriterion-dev libcurl4-openssl-dev zlib1g-dev pkg-config dataset-fashion-mnist curl

@@ -1,5 +1,5 @@
-/* optim.c — SGD (momentum, Nesterov, weight decay) and Adam (L2 weight decay) over one
- * contiguous parameter buffer.
+/* optim.c — SGD (momentum, Nesterov, weight decay), Adam (L2 weight decay) and AdamW (decoupled
+ * weight decay) over one contiguous parameter buffer, plus the run config's optimizer options.
  *
  * Follows torch 1.13's single-tensor code (torch/optim/sgd.py, adam.py) operation by operation,
  * in float with the scalar coefficients computed in double as Python does:
@@ -7,11 +7,14 @@
  *         p += -lr (nesterov ? d + momentum buf : buf)   (p += -lr d without momentum)
  *   Adam: g' = g + wd p; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g' g';
  *         p += -(lr / (1-b1^t)) m / (sqrt(v) / sqrt(1-b2^t) + eps)
+ *   AdamW (torch/optim/adamw.py): p *= 1 - lr wd; then Adam with g' = g.
  * The optimizer owns its moment buffers (n floats each; SGD keeps one only with momentum). */
 #include "optim.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct ft_optim {
     struct ft_optim_opts opts;
@@ -27,14 +30,14 @@ void ft_optim_opts_default(struct ft_optim_opts *opts, enum ft_optim_kind kind)
     opts->beta1 = 0.9;
     opts->beta2 = 0.999;
     opts->eps = 1e-8;
-    opts->weight_decay = 0.0;
+    opts->weight_decay = kind == FT_OPTIM_ADAMW ? 0.01 : 0.0;
     opts->momentum = 0.0;
     opts->nesterov = 0;
 }
 
 static enum ft_err check_opts(const struct ft_optim_opts *o, struct ft_error *err)
 {
-    if (o->kind != FT_OPTIM_SGD && o->kind != FT_OPTIM_ADAM)
+    if (o->kind != FT_OPTIM_SGD && o->kind != FT_OPTIM_ADAM && o->kind != FT_OPTIM_ADAMW)
         return ft_error_set(err, FT_EINVAL, "optimizer", "unknown optimizer");
     if (!(o->weight_decay >= 0.0))
         return ft_error_set(err, FT_EINVAL, "weight_decay", "weight_decay must be >= 0");
@@ -64,8 +67,8 @@ enum ft_err ft_optim_new(const struct ft_optim_opts *opts, size_t n, ft_optim **
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory allocating the optimizer");
     o->opts = *opts;
     o->n = n;
-    int need_m = opts->kind == FT_OPTIM_ADAM || opts->momentum > 0.0;
-    int need_v = opts->kind == FT_OPTIM_ADAM;
+    int need_v = opts->kind != FT_OPTIM_SGD;
+    int need_m = need_v || opts->momentum > 0.0;
     o->m = need_m ? calloc(n ? n : 1, sizeof *o->m) : NULL;
     o->v = need_v ? calloc(n ? n : 1, sizeof *o->v) : NULL;
     if ((need_m && !o->m) || (need_v && !o->v)) {
@@ -92,10 +95,13 @@ static void sgd_step(ft_optim *o, float *p, const float *g, double lr)
     }
 }
 
-static void adam_step(ft_optim *o, float *p, const float *g, double lr)
+/* Adam, or AdamW when decoupled: the decay multiplies p before the moments and the gradient is
+ * left alone (torch 1.13 _single_tensor_adam / _single_tensor_adamw). */
+static void adam_step(ft_optim *o, float *p, const float *g, double lr, int decoupled)
 {
     const struct ft_optim_opts *op = &o->opts;
-    const float wd = (float)op->weight_decay;
+    const float wd = decoupled ? 0.0f : (float)op->weight_decay;
+    const float decay = (float)(1.0 - lr * op->weight_decay);
     const float b1 = (float)op->beta1, one_minus_b1 = (float)(1.0 - op->beta1);
     const float b2 = (float)op->beta2, one_minus_b2 = (float)(1.0 - op->beta2);
     const double bc1 = 1.0 - pow(op->beta1, (double)o->t);
@@ -104,6 +110,8 @@ static void adam_step(ft_optim *o, float *p, const float *g, double lr)
     const float bc2_sqrt = (float)sqrt(bc2);
     const float eps = (float)op->eps;
     for (size_t i = 0; i < o->n; i++) {
+        if (decoupled)
+            p[i] *= decay;
         float gi = wd != 0.0f ? g[i] + wd * p[i] : g[i];
         o->m[i] = o->m[i] * b1 + one_minus_b1 * gi;
         o->v[i] = o->v[i] * b2 + one_minus_b2 * (gi * gi);
@@ -115,8 +123,8 @@ static void adam_step(ft_optim *o, float *p, const float *g, double lr)
 void ft_optim_step(ft_optim *o, float *params, const float *grads, double lr)
 {
     o->t++;
-    if (o->opts.kind == FT_OPTIM_ADAM)
-        adam_step(o, params, grads, lr);
+    if (o->opts.kind != FT_OPTIM_SGD)
+        adam_step(o, params, grads, lr, o->opts.kind == FT_OPTIM_ADAMW);
     else
         sgd_step(o, params, grads, lr);
 }
@@ -124,6 +132,12 @@ void ft_optim_step(ft_optim *o, float *params, const float *grads, double lr)
 int64_t ft_optim_steps(const ft_optim *o)
 {
     return o->t;
+}
+
+void ft_optim_set_steps(ft_optim *o, int64_t steps)
+{
+    FT_ASSERT(steps >= 0);
+    o->t = steps;
 }
 
 void ft_optim_free(ft_optim *o)
@@ -141,4 +155,162 @@ void ft_optim_state(ft_optim *o, float **m, float **v)
         *m = o->m;
     if (v)
         *v = o->v;
+}
+
+/* ---- run config: optimizer / optimizer_options ------------------------------------------ */
+
+#define OPT_PATH "config.hyper_parameters.optimizer_options"
+
+static const struct {
+    const char *name;
+    enum ft_optim_kind kind;
+} optim_names[] = {{"Adam", FT_OPTIM_ADAM}, {"AdamW", FT_OPTIM_ADAMW}, {"SGD", FT_OPTIM_SGD}};
+
+static const char *const adam_keys[] = {"betas", "eps", "weight_decay", NULL};
+static const char *const sgd_keys[] = {"momentum", "nesterov", "weight_decay", NULL};
+
+static int kind_of(const char *name, enum ft_optim_kind *kind)
+{
+    for (size_t i = 0; name && i < sizeof optim_names / sizeof optim_names[0]; i++) {
+        if (strcmp(name, optim_names[i].name) == 0) {
+            *kind = optim_names[i].kind;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Reject a key of options not in keys (NULL-terminated); param OPT_PATH.<key>. */
+static enum ft_err check_known(json_t *options, const char *name, const char *const *keys,
+                               struct ft_error *err)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(options, key, v)
+    {
+        int ok = 0;
+        for (int i = 0; keys[i]; i++)
+            ok |= strcmp(key, keys[i]) == 0;
+        if (ok)
+            continue;
+        char p[128];
+        snprintf(p, sizeof p, "%s.%s", OPT_PATH, key);
+        return ft_error_set(
+            err, FT_EINVAL, p, "%s %s '%s' in %s (%s takes %s)", name,
+            strcmp(key, "amsgrad") == 0 || strcmp(key, "dampening") == 0 ? "does not support"
+                                                                         : "has no option",
+            key, OPT_PATH, name,
+            keys == sgd_keys ? "momentum, nesterov, weight_decay" : "betas, eps, weight_decay");
+    }
+    (void)v;
+    return FT_OK;
+}
+
+/* ft_error_set with param OPT_PATH.key and message "OPT_PATH.key must be <what>". */
+static enum ft_err bad_option(const char *key, const char *what, struct ft_error *err)
+{
+    char p[128];
+    snprintf(p, sizeof p, "%s.%s", OPT_PATH, key);
+    return ft_error_set(err, FT_EINVAL, p, "%s must be %s", p, what);
+}
+
+/* options[key] as a finite number in [lo, hi) (hi = INFINITY for no bound); absent or null
+ * keeps *dst. */
+static enum ft_err get_range(json_t *options, const char *key, double lo, double hi,
+                             const char *what, double *dst, struct ft_error *err)
+{
+    json_t *v = json_object_get(options, key);
+    if (!v || json_is_null(v))
+        return FT_OK;
+    double x = json_number_value(v);
+    if (!json_is_number(v) || !isfinite(x) || x < lo || x >= hi)
+        return bad_option(key, what, err);
+    *dst = x;
+    return FT_OK;
+}
+
+static enum ft_err get_betas(json_t *options, struct ft_optim_opts *o, struct ft_error *err)
+{
+    json_t *b = json_object_get(options, "betas");
+    if (!b || json_is_null(b))
+        return FT_OK;
+    json_t *b1 = json_array_get(b, 0), *b2 = json_array_get(b, 1);
+    double x1 = json_number_value(b1), x2 = json_number_value(b2);
+    if (json_array_size(b) != 2 || !json_is_number(b1) || !json_is_number(b2) || !(x1 >= 0.0) ||
+        !(x1 < 1.0) || !(x2 >= 0.0) || !(x2 < 1.0))
+        return bad_option("betas", "[beta1, beta2], each a number in [0, 1)", err);
+    o->beta1 = x1;
+    o->beta2 = x2;
+    return FT_OK;
+}
+
+static enum ft_err get_sgd(json_t *options, struct ft_optim_opts *o, struct ft_error *err)
+{
+    enum ft_err rc =
+        get_range(options, "momentum", 0.0, 1.0, "a number in [0, 1)", &o->momentum, err);
+    if (rc != FT_OK)
+        return rc;
+    json_t *nesterov = json_object_get(options, "nesterov");
+    if (nesterov && !json_is_null(nesterov)) {
+        if (!json_is_boolean(nesterov))
+            return bad_option("nesterov", "true or false", err);
+        o->nesterov = json_is_true(nesterov);
+    }
+    if (o->nesterov && !(o->momentum > 0.0))
+        return ft_error_set(err, FT_EINVAL, OPT_PATH ".nesterov",
+                            "nesterov needs momentum > 0 (set optimizer_options.momentum)");
+    return FT_OK;
+}
+
+#define TRY(x)                \
+    do {                      \
+        enum ft_err e_ = (x); \
+        if (e_ != FT_OK)      \
+            return e_;        \
+    } while (0)
+
+/* Defaults for name, then options over them, each checked. */
+static enum ft_err parse_options(const char *name, json_t *options, struct ft_optim_opts *o,
+                                 struct ft_error *err)
+{
+    enum ft_optim_kind kind;
+    if (!kind_of(name, &kind))
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer",
+                            "unknown optimizer '%s' (known: Adam, AdamW, SGD)", name ? name : "");
+    ft_optim_opts_default(o, kind);
+    if (!options || json_is_null(options))
+        return FT_OK;
+    if (!json_is_object(options))
+        return ft_error_set(err, FT_EINVAL, OPT_PATH, "%s must be an object", OPT_PATH);
+    TRY(check_known(options, name, kind == FT_OPTIM_SGD ? sgd_keys : adam_keys, err));
+    TRY(get_range(options, "weight_decay", 0.0, INFINITY, "a number >= 0", &o->weight_decay, err));
+    if (kind == FT_OPTIM_SGD)
+        return get_sgd(options, o, err);
+    TRY(get_range(options, "eps", 0.0, INFINITY, "a number >= 0", &o->eps, err));
+    return get_betas(options, o, err);
+}
+
+enum ft_err ft_optim_check(const char *name, json_t *options, json_t **normalized,
+                           struct ft_error *err)
+{
+    struct ft_optim_opts o;
+    if (normalized)
+        *normalized = NULL;
+    enum ft_err rc = parse_options(name, options, &o, err);
+    if (rc != FT_OK || !normalized)
+        return rc;
+    if (o.kind == FT_OPTIM_SGD)
+        *normalized = json_pack("{s:f, s:b, s:f}", "momentum", o.momentum, "nesterov", o.nesterov,
+                                "weight_decay", o.weight_decay);
+    else
+        *normalized = json_pack("{s:[f, f], s:f, s:f}", "betas", o.beta1, o.beta2, "eps", o.eps,
+                                "weight_decay", o.weight_decay);
+    if (!*normalized)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory normalising optimizer_options");
+    return FT_OK;
+}
+
+enum ft_err ft_optim_opts_from_json(const char *name, json_t *options, struct ft_optim_opts *out)
+{
+    return parse_options(name, options, out, NULL);
 }

@@ -3,6 +3,8 @@
  * a 400 naming the key rather than a silently ignored option. */
 #include "runspec.h"
 
+#include "schedule.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -194,10 +196,29 @@ static enum ft_err parse_model(json_t *model, struct ft_run_config *c, struct ft
     return FT_OK;
 }
 
+/* data.standardize {"mean", "std"}: every feature becomes (x - mean) / std. */
+static enum ft_err parse_standardize(json_t *data, struct ft_run_config *c, struct ft_error *err)
+{
+    static const char *const keys[] = {"mean", "std", NULL};
+    const char *path = "config.data.standardize";
+    json_t *st;
+    TRY(get_object(data, "standardize", "config.data", &st, err));
+    if (!st)
+        return FT_OK;
+    TRY(check_keys(st, keys, path, err));
+    if (!json_object_get(st, "mean") || !json_object_get(st, "std"))
+        return ft_error_set(err, FT_EINVAL, path, "standardize needs both mean and std");
+    TRY(get_number(st, "mean", path, -1e6, 1e6, &c->standardize_mean, err));
+    TRY(get_number(st, "std", path, 1e-12, 1e6, &c->standardize_std, err));
+    c->standardize = 1;
+    return FT_OK;
+}
+
 static enum ft_err parse_data(json_t *data, struct ft_run_config *c, struct ft_error *err)
 {
-    static const char *const keys[] = {"train_data", "eval_data", "val_split",
-                                       "num_items_per_class", NULL};
+    static const char *const keys[] = {
+        "train_data", "eval_data",   "val_split", "num_items_per_class",
+        "sampler",    "standardize", NULL};
     if (!data)
         return ft_error_set(err, FT_EINVAL, "config.data.train_data",
                             "config.data.train_data is required");
@@ -206,6 +227,11 @@ static enum ft_err parse_data(json_t *data, struct ft_run_config *c, struct ft_e
     TRY(get_string(data, "eval_data", "config.data", c->eval_data, sizeof c->eval_data, 0, err));
     TRY(get_number(data, "val_split", "config.data", 0.0, 0.99, &c->val_split, err));
     TRY(get_int(data, "num_items_per_class", "config.data", 2, 1024, &c->num_items_per_class, err));
+    TRY(get_string(data, "sampler", "config.data", c->sampler, sizeof c->sampler, 0, err));
+    if (strcmp(c->sampler, "auto") && strcmp(c->sampler, "class") && strcmp(c->sampler, "random"))
+        return ft_error_set(err, FT_EINVAL, "config.data.sampler",
+                            "sampler must be \"auto\", \"class\" or \"random\"");
+    TRY(parse_standardize(data, c, err));
     if (c->eval_data[0] && c->val_split > 0)
         return ft_error_set(err, FT_EINVAL, "config.data.val_split",
                             "val_split holds out part of train_data for val_loss; it cannot be "
@@ -270,51 +296,28 @@ static enum ft_err parse_loss(json_t *hp, struct ft_run_config *c, struct ft_err
 
 static enum ft_err parse_optimizer(json_t *hp, struct ft_run_config *c, struct ft_error *err)
 {
-    static const char *const adam_keys[] = {"betas", "eps", "weight_decay", NULL};
-    static const char *const sgd_keys[] = {"momentum", "nesterov", "weight_decay", NULL};
-    const char *op = "config.hyper_parameters.optimizer_options";
-    json_t *oo;
+    json_t *oo = json_object_get(hp, "optimizer_options");
     TRY(get_string(hp, "optimizer", "config.hyper_parameters", c->optimizer, sizeof c->optimizer, 0,
                    err));
-    if (strcmp(c->optimizer, "Adam") == 0)
-        ft_optim_opts_default(&c->optim, FT_OPTIM_ADAM);
-    else if (strcmp(c->optimizer, "SGD") == 0)
-        ft_optim_opts_default(&c->optim, FT_OPTIM_SGD);
-    else
-        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer",
-                            "unknown optimizer '%s' (known: Adam, SGD)", c->optimizer);
-    TRY(get_object(hp, "optimizer_options", "config.hyper_parameters", &oo, err));
-    if (!oo)
-        return FT_OK;
-    TRY(check_keys(oo, c->optim.kind == FT_OPTIM_ADAM ? adam_keys : sgd_keys, op, err));
-    TRY(get_number(oo, "weight_decay", op, 0.0, 10.0, &c->optim.weight_decay, err));
-    TRY(get_number(oo, "eps", op, 0.0, 1.0, &c->optim.eps, err));
-    TRY(get_number(oo, "momentum", op, 0.0, 1.0, &c->optim.momentum, err));
-    TRY(get_bool(oo, "nesterov", op, &c->optim.nesterov, err));
-    json_t *betas = json_object_get(oo, "betas");
-    if (betas) {
-        json_t *b1 = json_array_get(betas, 0), *b2 = json_array_get(betas, 1);
-        if (json_array_size(betas) != 2 || !json_is_number(b1) || !json_is_number(b2) ||
-            json_number_value(b1) < 0 || json_number_value(b1) >= 1 || json_number_value(b2) < 0 ||
-            json_number_value(b2) >= 1)
-            return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer_options.betas",
-                                "betas must be [beta1, beta2], each in [0, 1)");
-        c->optim.beta1 = json_number_value(b1);
-        c->optim.beta2 = json_number_value(b2);
-    }
-    if (c->optim.nesterov && c->optim.momentum <= 0)
-        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.optimizer_options.nesterov",
-                            "nesterov needs momentum > 0");
-    return FT_OK;
+    TRY(ft_optim_check(c->optimizer, json_is_null(oo) ? NULL : oo, &c->optimizer_options, err));
+    return ft_optim_opts_from_json(c->optimizer, c->optimizer_options, &c->optim);
+}
+
+static enum ft_err parse_scheduler(json_t *hp, struct ft_run_config *c, struct ft_error *err)
+{
+    json_t *so = json_object_get(hp, "scheduler_options");
+    TRY(get_string(hp, "scheduler", "config.hyper_parameters", c->scheduler, sizeof c->scheduler, 0,
+                   err));
+    return ft_schedule_check(c->scheduler[0] ? c->scheduler : NULL, json_is_null(so) ? NULL : so,
+                             &c->scheduler_options, err);
 }
 
 static enum ft_err parse_hyper(json_t *hp, struct ft_run_config *c, struct ft_error *err)
 {
-    static const char *const keys[] = {"loss",          "loss_options",
-                                       "miner",         "miner_options",
-                                       "optimizer",     "optimizer_options",
-                                       "learning_rate", "epochs",
-                                       "batch_size",    NULL};
+    static const char *const keys[] = {"loss",          "loss_options",      "miner",
+                                       "miner_options", "optimizer",         "optimizer_options",
+                                       "scheduler",     "scheduler_options", "learning_rate",
+                                       "epochs",        "batch_size",        NULL};
     const char *path = "config.hyper_parameters";
     json_t *empty = json_object();
     if (!hp)
@@ -325,13 +328,16 @@ static enum ft_err parse_hyper(json_t *hp, struct ft_run_config *c, struct ft_er
     if (e == FT_OK)
         e = parse_optimizer(hp, c, err);
     if (e == FT_OK)
+        e = parse_scheduler(hp, c, err);
+    if (e == FT_OK)
         e = get_number(hp, "learning_rate", path, 1e-12, 10.0, &c->learning_rate, err);
     if (e == FT_OK)
         e = get_int(hp, "epochs", path, 1, 10000, &c->epochs, err);
     if (e == FT_OK)
         e = get_int(hp, "batch_size", path, 2, 65536, &c->batch_size, err);
     json_decref(empty);
-    if (e == FT_OK && c->batch_size % c->num_items_per_class != 0)
+    if (e == FT_OK && c->batch_size && strcmp(c->sampler, "random") != 0 &&
+        c->batch_size % c->num_items_per_class != 0)
         e = ft_error_set(err, FT_EINVAL, "config.hyper_parameters.batch_size",
                          "batch_size (%d) must be a multiple of data.num_items_per_class (%d)",
                          c->batch_size, c->num_items_per_class);
@@ -347,8 +353,9 @@ static void set_defaults(struct ft_run_config *c)
     ft_optim_opts_default(&c->optim, FT_OPTIM_ADAM);
     c->learning_rate = 1e-3;
     c->epochs = 5;
-    c->batch_size = 128;
+    c->batch_size = 0; /* auto: chosen from the data by the trainer */
     c->num_items_per_class = 4;
+    snprintf(c->sampler, sizeof c->sampler, "auto");
     c->seed = 42;
 }
 
@@ -365,9 +372,13 @@ static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
                   "hidden_sizes", hs, "bias", c->mlp.bias, "activation",
                   c->mlp.activation == FT_ACT_RELU ? "relu" : NULL, "l2", c->mlp.l2, "output_dim",
                   c->output_dim ? json_integer(c->output_dim) : json_null(), "freeze", c->freeze);
-    json_t *data = json_pack("{s:s, s:s?, s:f, s:i}", "train_data", c->train_data, "eval_data",
-                             c->eval_data[0] ? c->eval_data : NULL, "val_split", c->val_split,
-                             "num_items_per_class", c->num_items_per_class);
+    json_t *data = json_pack("{s:s, s:s?, s:f, s:i, s:s, s:o}", "train_data", c->train_data,
+                             "eval_data", c->eval_data[0] ? c->eval_data : NULL, "val_split",
+                             c->val_split, "num_items_per_class", c->num_items_per_class, "sampler",
+                             c->sampler, "standardize",
+                             c->standardize ? json_pack("{s:f, s:f}", "mean", c->standardize_mean,
+                                                        "std", c->standardize_std)
+                                            : json_null());
     json_t *loss_opts =
         json_pack("{s:f, s:s}", "margin", c->triplet.margin, "distance", dist[c->triplet.distance]);
     if (c->triplet.distance == FT_DIST_EUCLIDEAN)
@@ -377,18 +388,13 @@ static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
                              ? json_pack("{s:f, s:s}", "margin", c->triplet.miner_margin,
                                          "type_of_triplets", types[c->triplet.type])
                              : json_null();
-    json_t *opt_opts;
-    if (c->optim.kind == FT_OPTIM_ADAM)
-        opt_opts = json_pack("{s:[f,f], s:f, s:f}", "betas", c->optim.beta1, c->optim.beta2, "eps",
-                             c->optim.eps, "weight_decay", c->optim.weight_decay);
-    else
-        opt_opts = json_pack("{s:f, s:b, s:f}", "momentum", c->optim.momentum, "nesterov",
-                             c->optim.nesterov, "weight_decay", c->optim.weight_decay);
-    json_t *hp =
-        json_pack("{s:s, s:o, s:s?, s:o, s:s, s:o, s:f, s:i, s:i}", "loss", c->loss, "loss_options",
-                  loss_opts, "miner", c->miner[0] ? c->miner : NULL, "miner_options", miner_opts,
-                  "optimizer", c->optimizer, "optimizer_options", opt_opts, "learning_rate",
-                  c->learning_rate, "epochs", c->epochs, "batch_size", c->batch_size);
+    json_t *hp = json_pack(
+        "{s:s, s:o, s:s?, s:o, s:s, s:O, s:s?, s:O, s:f, s:i, s:o}", "loss", c->loss,
+        "loss_options", loss_opts, "miner", c->miner[0] ? c->miner : NULL, "miner_options",
+        miner_opts, "optimizer", c->optimizer, "optimizer_options", c->optimizer_options,
+        "scheduler", c->scheduler[0] ? c->scheduler : NULL, "scheduler_options",
+        c->scheduler_options, "learning_rate", c->learning_rate, "epochs", c->epochs, "batch_size",
+        c->batch_size ? json_integer(c->batch_size) : json_null());
     json_t *cbs = json_object_get(config, "callbacks");
     cbs = cbs && !json_is_null(cbs) ? json_incref(cbs) : json_array();
     return json_pack("{s:o, s:o, s:o, s:o, s:I}", "model", model, "data", data, "hyper_parameters",
@@ -431,13 +437,25 @@ static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_
     return ft_run_config_check_monitors(c, config, err);
 }
 
+void ft_run_config_clear(struct ft_run_config *c)
+{
+    json_decref(c->optimizer_options);
+    json_decref(c->scheduler_options);
+    c->optimizer_options = NULL;
+    c->scheduler_options = NULL;
+}
+
 enum ft_err ft_run_config_parse(json_t *config, struct ft_run_config *out, json_t **normalized,
                                 struct ft_error *err)
 {
     set_defaults(out);
     if (normalized)
         *normalized = NULL;
-    TRY(parse_all(config, out, err));
+    enum ft_err e = parse_all(config, out, err);
+    if (e != FT_OK) {
+        ft_run_config_clear(out);
+        return e;
+    }
     if (normalized) {
         *normalized = normalized_json(out, config);
         if (!*normalized)

@@ -6,7 +6,7 @@
  *                       "optimizer_options", "learning_rate", "epochs", "batch_size"},
  *  "callbacks": [{"name", "options"}], "seed"}
  * Defaults are Finetuner's (TripletMarginLoss, Adam, learning_rate 1e-3, epochs 5, batch_size
- * 128, num_items_per_class 4, seed 42). Every unknown key, wrong type or out-of-range value is
+ * chosen from the data, num_items_per_class 4, sampler auto, seed 42). Every unknown key, wrong type or out-of-range value is
  * FT_EINVAL with param = the JSON path ("config.hyper_parameters.epochs"). Dataset existence
  * is checked by the caller (the server knows the datasets). */
 #ifndef FT_RUNSPEC_H
@@ -32,23 +32,33 @@ struct ft_run_config {
     char eval_data[FT_NAME_MAX]; /* "" = none */
     double val_split;            /* [0, 1): seeded hold-out of train_data when no eval_data */
     int num_items_per_class;
+    char sampler[16];          /* "auto" | "class" | "random" */
+    int standardize;           /* 1 = x -> (x - standardize_mean) / standardize_std */
+    double standardize_mean, standardize_std;
     /* hyper_parameters */
     char loss[64];
     struct ft_triplet_opts triplet;
     char miner[64]; /* "" = none */
     char optimizer[32];
     struct ft_optim_opts optim;
+    json_t *optimizer_options; /* owned: normalised (ft_optim_check) */
+    char scheduler[32];        /* "" = none */
+    json_t *scheduler_options; /* owned: normalised (ft_schedule_check) */
     double learning_rate;
     int epochs;
-    int batch_size;
+    int batch_size; /* 0 = auto: chosen from the training data */
     struct ft_callbacks callbacks;
     uint64_t seed;
 };
 
-/* Parse config (borrowed). On success fills out and, when normalized is non-NULL, sets it to a
- * new JSON object: the config with every default filled in (what the API shows). */
+/* Parse config (borrowed). On success fills out (release with ft_run_config_clear) and, when
+ * normalized is non-NULL, sets it to a new JSON object: the config with every default filled in
+ * (what the API shows). On failure out holds nothing to release. */
 enum ft_err ft_run_config_parse(json_t *config, struct ft_run_config *out, json_t **normalized,
                                 struct ft_error *err);
+
+/* Release what a parsed config owns (the normalised option objects). */
+void ft_run_config_clear(struct ft_run_config *c);
 
 /* Names of the datasets a config reads (train, eval, callback query/index), deduplicated, into
  * names (cap entries, borrowed from cfg); returns the count. */

@@ -9,6 +9,7 @@
 #include "rng.h"
 #include "safetensors.h"
 #include "sampler.h"
+#include "schedule.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -26,7 +27,11 @@ struct trainer {
     ft_optim *optim;
     size_t head_offset; /* first trained parameter (0 unless freeze) */
     int in_dim, out_dim;
-    /* batch buffers, batch_size rows */
+    int B;          /* batch size (resolved when the config says auto) */
+    int epoch;      /* current epoch, 1-based */
+    double last_lr; /* the learning rate of the last optimizer step */
+    struct ft_schedule sched;
+    /* batch buffers, B rows */
     int64_t *idx;
     int32_t *yb;
     float *xb, *emb, *demb;
@@ -85,6 +90,16 @@ static enum ft_err split_train(struct trainer *t, const struct ft_dataset *train
     return FT_OK;
 }
 
+/* Finetuner picks a batch size when none is given: 128, or less for small data (at most half
+ * the rows, so an epoch has two batches), a multiple of num_items_per_class, at least 2 rows. */
+static int auto_batch_size(const struct ft_run_config *c, int64_t n)
+{
+    int k = strcmp(c->sampler, "random") == 0 ? 1 : c->num_items_per_class;
+    int64_t b = n / 2 < 128 ? n / 2 : 128;
+    b -= b % k;
+    return (int)(b >= 2 * k ? b : 2 * k);
+}
+
 static enum ft_err build_model(struct trainer *t, struct ft_error *err)
 {
     struct ft_mlp_config mc = t->cfg->mlp;
@@ -119,7 +134,7 @@ static enum ft_err build_model(struct trainer *t, struct ft_error *err)
 
 static enum ft_err alloc_buffers(struct trainer *t, struct ft_error *err)
 {
-    size_t B = (size_t)t->cfg->batch_size;
+    size_t B = (size_t)t->B;
     t->idx = malloc(B * sizeof *t->idx);
     t->yb = malloc(B * sizeof *t->yb);
     t->xb = malloc(B * (size_t)t->in_dim * sizeof *t->xb);
@@ -147,11 +162,23 @@ static void trainer_free(struct trainer *t)
 
 /* ---- batches, losses ---- */
 
+/* dst (dim) = row of ds, standardised when the config says so. */
+static void load_row(const struct trainer *t, const struct ft_dataset *ds, int64_t row, float *dst)
+{
+    const float *src = ds->x + (size_t)row * ds->dim;
+    if (!t->cfg->standardize) {
+        memcpy(dst, src, (size_t)ds->dim * sizeof(float));
+        return;
+    }
+    float mean = (float)t->cfg->standardize_mean, inv = (float)(1.0 / t->cfg->standardize_std);
+    for (int k = 0; k < ds->dim; k++)
+        dst[k] = (src[k] - mean) * inv;
+}
+
 static void gather(struct trainer *t, const struct ft_dataset *ds, int B)
 {
     for (int i = 0; i < B; i++) {
-        memcpy(t->xb + (size_t)i * t->in_dim, ds->x + (size_t)t->idx[i] * ds->dim,
-               (size_t)t->in_dim * sizeof(float));
+        load_row(t, ds, t->idx[i], t->xb + (size_t)i * t->in_dim);
         t->yb[i] = ds->labels[t->idx[i]];
     }
 }
@@ -178,8 +205,11 @@ static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_e
         return FT_ENUMERIC;
     ft_model_zero_grad(t->model);
     ft_model_backward(t->model, t->demb, B);
+    /* optimizer step s + 1 uses lr(s) (Hugging Face schedulers): s counts batches or epochs */
+    int64_t s = t->sched.step_per_batch ? ft_optim_steps(t->optim) : t->epoch - 1;
+    t->last_lr = ft_schedule_lr(&t->sched, t->cfg->learning_rate, s);
     ft_optim_step(t->optim, ft_model_params(t->model) + t->head_offset,
-                  ft_model_grads(t->model) + t->head_offset, t->cfg->learning_rate);
+                  ft_model_grads(t->model) + t->head_offset, t->last_lr);
     return FT_OK;
 }
 
@@ -191,8 +221,8 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
     *has = 0;
     if (!t->eval)
         return FT_OK;
-    enum ft_err e = ft_sampler_new(t->eval->labels, t->eval->n, t->cfg->batch_size,
-                                   t->cfg->num_items_per_class, t->cfg->seed + 3, &s, err);
+    enum ft_err e = ft_sampler_new(t->eval->labels, t->eval->n, t->B, t->cfg->num_items_per_class,
+                                   t->cfg->seed + 3, &s, err);
     if (e != FT_OK) {
         if (err)
             snprintf(err->param, sizeof err->param, "config.data.eval_data");
@@ -202,10 +232,10 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
     int64_t nb = 0;
     while (e == FT_OK && ft_sampler_next(s, t->idx)) {
         float loss;
-        gather(t, t->eval, t->cfg->batch_size);
-        e = ft_model_forward(t->model, t->xb, t->cfg->batch_size, t->emb);
+        gather(t, t->eval, t->B);
+        e = ft_model_forward(t->model, t->xb, t->B, t->emb);
         if (e == FT_OK)
-            e = ft_triplet_margin_loss(&loss, NULL, t->emb, t->yb, t->cfg->batch_size, t->out_dim,
+            e = ft_triplet_margin_loss(&loss, NULL, t->emb, t->yb, t->B, t->out_dim,
                                        &t->cfg->triplet, NULL);
         if (e == FT_OK) {
             sum += loss;
@@ -226,15 +256,21 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
 static float *embed(struct trainer *t, const struct ft_dataset *ds, int batch)
 {
     float *out = malloc((size_t)ds->n * (size_t)t->out_dim * sizeof *out);
-    if (!out)
-        return NULL;
-    for (int64_t i = 0; i < ds->n; i += batch) {
+    float *chunk =
+        t->cfg->standardize ? malloc((size_t)batch * (size_t)ds->dim * sizeof *chunk) : NULL;
+    int ok = out && (chunk || !t->cfg->standardize);
+    for (int64_t i = 0; ok && i < ds->n; i += batch) {
         int b = (int)(ds->n - i < batch ? ds->n - i : batch);
-        if (ft_model_forward(t->model, ds->x + (size_t)i * ds->dim, b,
-                             out + (size_t)i * t->out_dim) != FT_OK) {
-            free(out);
-            return NULL;
-        }
+        const float *x = ds->x + (size_t)i * ds->dim;
+        for (int r = 0; chunk && r < b; r++)
+            load_row(t, ds, i + r, chunk + (size_t)r * ds->dim);
+        ok =
+            ft_model_forward(t->model, chunk ? chunk : x, b, out + (size_t)i * t->out_dim) == FT_OK;
+    }
+    free(chunk);
+    if (!ok) {
+        free(out);
+        return NULL;
     }
     return out;
 }
@@ -368,7 +404,7 @@ static enum ft_err train_epoch(struct trainer *t, ft_sampler *s, int epoch, doub
         if (canceled(t))
             return ft_error_set(err, FT_ECANCELED, NULL, "canceled at epoch %d, batch %lld", epoch,
                                 (long long)b + 1);
-        enum ft_err e = train_step(t, t->cfg->batch_size, &loss, err);
+        enum ft_err e = train_step(t, t->B, &loss, err);
         if (e == FT_ENUMERIC)
             return ft_error_set(err, FT_ENUMERIC, NULL,
                                 "the %s became %s at epoch %d, batch %lld: lower the "
@@ -445,17 +481,21 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
         double tl = NAN, vl = NAN;
         int has_val;
         struct ft_metrics_result mr = {0};
+        t->epoch = epoch;
         enum ft_err e = train_epoch(t, s, epoch, &tl, err);
         if (e == FT_OK)
             e = val_loss(t, &vl, &has_val, err);
         if (e != FT_OK)
             return e;
-        json_t *values = json_pack("{s:i, s:f, s:o}", "epoch", epoch, "train_loss", tl, "val_loss",
-                                   has_val ? json_real(vl) : json_null());
+        json_t *values =
+            json_pack("{s:i, s:f, s:o, s:f}", "epoch", epoch, "train_loss", tl, "val_loss",
+                      has_val ? json_real(vl) : json_null(), "learning_rate", t->last_lr);
         if (has_val)
-            tlog(t, "Epoch %d/%d: train_loss %.5f val_loss %.5f", epoch, c->epochs, tl, vl);
+            tlog(t, "Epoch %d/%d: train_loss %.5f val_loss %.5f learning_rate %.6g", epoch,
+                 c->epochs, tl, vl, t->last_lr);
         else
-            tlog(t, "Epoch %d/%d: train_loss %.5f", epoch, c->epochs, tl);
+            tlog(t, "Epoch %d/%d: train_loss %.5f learning_rate %.6g", epoch, c->epochs, tl,
+                 t->last_lr);
         e = evaluate(t, values, &mr, err);
         if (e == FT_OK)
             emit_metrics(t, "epoch", epoch, values);
@@ -492,19 +532,27 @@ static enum ft_err train_all(struct trainer *t, const struct ft_train_inputs *in
     const struct ft_run_config *c = t->cfg;
     ft_sampler *s = NULL;
     struct ft_metrics_result mr;
-    enum ft_err e = ft_sampler_new(t->train->labels, t->train->n, c->batch_size,
-                                   c->num_items_per_class, c->seed + 1, &s, err);
+    int random = strcmp(c->sampler, "random") == 0;
+    enum ft_err e = random ? ft_sampler_new_random(t->train->n, t->B, c->seed + 1, &s, err)
+                           : ft_sampler_new(t->train->labels, t->train->n, t->B,
+                                            c->num_items_per_class, c->seed + 1, &s, err);
     if (e != FT_OK) {
         if (err && strcmp(err->param, "batch_size") == 0)
             snprintf(err->param, sizeof err->param, "config.hyper_parameters.batch_size");
         return e;
     }
+    e = ft_schedule_init(&t->sched, c->scheduler[0] ? c->scheduler : NULL, c->scheduler_options,
+                         c->epochs, ft_sampler_num_batches(s), c->learning_rate, err);
+    if (e != FT_OK) {
+        ft_sampler_free(s);
+        return e;
+    }
     tlog(t,
-         "Model: %s, %zu parameters; %lld training rows in %lld batches of %d; loss %s; "
-         "optimizer %s (lr %g)",
+         "Model: %s, %zu parameters; %lld training rows in %lld batches of %d (%s sampler); "
+         "loss %s; optimizer %s (lr %g%s%s)",
          c->model_name, ft_model_num_params(t->model), (long long)t->train->n,
-         (long long)ft_sampler_num_batches(s), c->batch_size, c->loss, c->optimizer,
-         c->learning_rate);
+         (long long)ft_sampler_num_batches(s), t->B, random ? "random" : "class", c->loss,
+         c->optimizer, c->learning_rate, c->scheduler[0] ? ", scheduler " : "", c->scheduler);
     json_t *before = json_object();
     if (c->callbacks.num_eval)
         tlog(t, "Evaluating before training");
@@ -570,6 +618,7 @@ enum ft_err ft_train(const struct ft_run_config *cfg, const struct ft_train_inpu
                              "EvaluationCallback data has other columns than train_data");
     if (e == FT_OK)
         e = build_model(&t, err);
+    t.B = cfg->batch_size ? cfg->batch_size : auto_batch_size(cfg, t.train->n);
     if (e == FT_OK)
         e = alloc_buffers(&t, err);
     if (e == FT_OK)

@@ -416,7 +416,7 @@ static enum ft_err parse_submission(json_t *body, const char **name, const char 
 static void h_run_submit(struct ctx *c)
 {
     struct ft_error err = {0};
-    struct ft_run_config cfg;
+    struct ft_run_config cfg = {0};
     json_t *body, *config = NULL, *norm = NULL, *run = NULL;
     const char *name = NULL, *desc = NULL, *dsn[2 + 2 * FT_MAX_EVAL_CALLBACKS];
     int64_t id;
@@ -437,6 +437,7 @@ static void h_run_submit(struct ctx *c)
     }
     if (e == FT_OK)
         e = ft_store_run_get(c->api->store, id, &run, &err);
+    ft_run_config_clear(&cfg);
     json_decref(norm);
     json_decref(body);
     if (e != FT_OK)

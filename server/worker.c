@@ -91,7 +91,7 @@ static enum ft_err load_inputs(ft_store *store, const struct ft_run_config *cfg,
 static const char *run(struct wctx *w, char *details, size_t cap)
 {
     struct ft_error err = {0};
-    struct ft_run_config cfg;
+    struct ft_run_config cfg = {0};
     struct ft_train_inputs in = {0};
     struct ft_train_result res;
     struct ft_dataset *loaded[2 + 2 * FT_MAX_EVAL_CALLBACKS] = {0};
@@ -114,6 +114,7 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     }
     for (int i = 0; i < nloaded; i++)
         ft_dataset_free(loaded[i]);
+    ft_run_config_clear(&cfg);
     json_decref(config);
     free(text);
     free(dir);

@@ -1,5 +1,7 @@
-/* test_optim.c — SGD (plain, momentum, Nesterov) and Adam (with and without L2 weight decay)
- * against 5 steps of torch.optim 1.13 (tests/fixtures/torch/optim_*.json). */
+/* test_optim.c — SGD (plain, momentum, Nesterov), Adam (with and without L2 weight decay) and
+ * AdamW against 5 steps of torch.optim 1.13 (tests/fixtures/torch/optim_*.json), the options
+ * going through the run-config path (ft_optim_check -> ft_optim_opts_from_json); resuming from
+ * saved state (ft_optim_set_steps); option validation with the exact error params. */
 #include "optim.h"
 #include "support/fixture.h"
 
@@ -15,22 +17,21 @@ static double param_or(json_t *fx, const char *key, double dflt)
     return v ? json_number_value(v) : dflt;
 }
 
+/* The fixture's params minus optimizer/lr, through ft_optim_check and its normalised object. */
 static void opts_from_fixture(json_t *fx, struct ft_optim_opts *o)
 {
-    const char *name =
-        json_string_value(json_object_get(json_object_get(fx, "params"), "optimizer"));
+    json_t *params = json_object_get(fx, "params");
+    const char *name = json_string_value(json_object_get(params, "optimizer"));
     cr_assert_not_null(name);
-    ft_optim_opts_default(o, strcmp(name, "Adam") == 0 ? FT_OPTIM_ADAM : FT_OPTIM_SGD);
-    o->weight_decay = param_or(fx, "weight_decay", 0.0);
-    o->momentum = param_or(fx, "momentum", 0.0);
-    o->eps = param_or(fx, "eps", o->eps);
-    json_t *nesterov = json_object_get(json_object_get(fx, "params"), "nesterov");
-    o->nesterov = json_is_true(nesterov);
-    json_t *betas = json_object_get(json_object_get(fx, "params"), "betas");
-    if (betas) {
-        o->beta1 = json_number_value(json_array_get(betas, 0));
-        o->beta2 = json_number_value(json_array_get(betas, 1));
-    }
+    json_t *options = json_deep_copy(params);
+    json_object_del(options, "optimizer");
+    json_object_del(options, "lr");
+    json_t *norm = NULL;
+    struct ft_error err;
+    cr_assert_eq(ft_optim_check(name, options, &norm, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_optim_opts_from_json(name, norm, o), FT_OK);
+    json_decref(norm);
+    json_decref(options);
 }
 
 /* Row k of expected[name] (STEPS, N) against got. */
@@ -43,17 +44,13 @@ static void assert_row(json_t *fx, const char *name, int k, const float *got)
     free(want);
 }
 
-static void run_fixture(const char *file, const char *m_name, const char *v_name)
+/* Steps [from, to) of the fixture on p with opt, asserting params and state after each. */
+static void run_steps(json_t *fx, ft_optim *opt, float *p, int from, int to, const char *m_name,
+                      const char *v_name)
 {
-    json_t *fx = fx_load(file);
-    struct ft_optim_opts o;
-    opts_from_fixture(fx, &o);
     double lr = param_or(fx, "lr", 0.0);
-    float *p = fx_floats(fx, "inputs", "param0", NULL);
     float *g = fx_floats(fx, "inputs", "grads", NULL);
-    ft_optim *opt = NULL;
-    cr_assert_eq(ft_optim_new(&o, N, &opt, NULL), FT_OK);
-    for (int k = 0; k < STEPS; k++) {
+    for (int k = from; k < to; k++) {
         ft_optim_step(opt, p, g + (size_t)k * N, lr);
         cr_assert_eq(ft_optim_steps(opt), k + 1);
         float *m, *v;
@@ -64,8 +61,47 @@ static void run_fixture(const char *file, const char *m_name, const char *v_name
         if (v_name)
             assert_row(fx, v_name, k, v);
     }
+    free(g);
+}
+
+static void run_fixture(const char *file, const char *m_name, const char *v_name)
+{
+    json_t *fx = fx_load(file);
+    struct ft_optim_opts o;
+    opts_from_fixture(fx, &o);
+    float *p = fx_floats(fx, "inputs", "param0", NULL);
+    ft_optim *opt = NULL;
+    cr_assert_eq(ft_optim_new(&o, N, &opt, NULL), FT_OK);
+    run_steps(fx, opt, p, 0, STEPS, m_name, v_name);
     ft_optim_free(opt);
-    free(p), free(g);
+    free(p);
+    json_decref(fx);
+}
+
+/* 2 steps, then a fresh optimizer given the saved moments and step count does steps 3..5 exactly
+ * as the uninterrupted run (bias correction continues from t = 2). */
+static void run_resumed(const char *file, const char *m_name, const char *v_name)
+{
+    json_t *fx = fx_load(file);
+    struct ft_optim_opts o;
+    opts_from_fixture(fx, &o);
+    float *p = fx_floats(fx, "inputs", "param0", NULL);
+    ft_optim *a = NULL, *b = NULL;
+    cr_assert_eq(ft_optim_new(&o, N, &a, NULL), FT_OK);
+    cr_assert_eq(ft_optim_new(&o, N, &b, NULL), FT_OK);
+    run_steps(fx, a, p, 0, 2, m_name, v_name);
+    float *am, *av, *bm, *bv;
+    ft_optim_state(a, &am, &av);
+    ft_optim_state(b, &bm, &bv);
+    if (am)
+        memcpy(bm, am, N * sizeof *bm);
+    if (av)
+        memcpy(bv, av, N * sizeof *bv);
+    ft_optim_set_steps(b, ft_optim_steps(a));
+    ft_optim_free(a);
+    run_steps(fx, b, p, 2, STEPS, m_name, v_name);
+    ft_optim_free(b);
+    free(p);
     json_decref(fx);
 }
 
@@ -92,6 +128,30 @@ Test(optim, adam)
 Test(optim, adam_weight_decay)
 {
     run_fixture("torch/optim_adam_wd.json", "exp_avg", "exp_avg_sq");
+}
+
+Test(optim, adamw)
+{
+    run_fixture("torch/optim_adamw.json", "exp_avg", "exp_avg_sq");
+}
+
+Test(optim, resumed_adamw_continues_bias_correction)
+{
+    run_resumed("torch/optim_adamw.json", "exp_avg", "exp_avg_sq");
+}
+
+Test(optim, resumed_sgd_continues_momentum)
+{
+    run_resumed("torch/optim_sgd_nesterov.json", "momentum_buffer", NULL);
+}
+
+Test(optim, adamw_default_weight_decay_is_torchs)
+{
+    struct ft_optim_opts o;
+    ft_optim_opts_default(&o, FT_OPTIM_ADAMW);
+    cr_assert_eq(o.weight_decay, 0.01);
+    ft_optim_opts_default(&o, FT_OPTIM_ADAM);
+    cr_assert_eq(o.weight_decay, 0.0);
 }
 
 Test(optim, plain_sgd_keeps_no_state)
@@ -130,4 +190,113 @@ Test(optim, bad_options_are_einval)
     o.beta2 = 1.0;
     cr_assert_eq(ft_optim_new(&o, 3, &opt, &err), FT_EINVAL);
     cr_assert_str_eq(err.param, "betas");
+}
+
+/* ---- run-config options ----------------------------------------------------------------- */
+
+static void assert_normalized(const char *name, const char *options, const char *want)
+{
+    json_t *in = options ? json_loads(options, 0, NULL) : NULL;
+    json_t *norm = NULL, *expected = json_loads(want, 0, NULL);
+    struct ft_error err;
+    cr_assert_not_null(expected);
+    cr_assert_eq(ft_optim_check(name, in, &norm, &err), FT_OK, "%s", err.message);
+    char *got = json_dumps(norm, JSON_SORT_KEYS | JSON_COMPACT);
+    cr_assert(json_equal(norm, expected), "%s %s: got %s, want %s", name, options, got, want);
+    free(got);
+    json_decref(norm);
+    json_decref(expected);
+    json_decref(in);
+}
+
+Test(optim_check, defaults_are_filled)
+{
+    assert_normalized("Adam", NULL,
+                      "{\"betas\": [0.9, 0.999], \"eps\": 1e-8, \"weight_decay\": 0.0}");
+    assert_normalized("AdamW", "{}",
+                      "{\"betas\": [0.9, 0.999], \"eps\": 1e-8, \"weight_decay\": 0.01}");
+    assert_normalized("SGD", "null",
+                      "{\"momentum\": 0.0, \"nesterov\": false, \"weight_decay\": 0.0}");
+    assert_normalized("AdamW", "{\"betas\": [0, 0.5], \"weight_decay\": 0}",
+                      "{\"betas\": [0.0, 0.5], \"eps\": 1e-8, \"weight_decay\": 0.0}");
+    assert_normalized("SGD", "{\"momentum\": 0.5, \"nesterov\": true}",
+                      "{\"momentum\": 0.5, \"nesterov\": true, \"weight_decay\": 0.0}");
+}
+
+Test(optim_check, opts_from_normalized_json)
+{
+    json_t *norm = NULL;
+    json_t *in = json_loads("{\"eps\": 1e-6, \"betas\": [0.8, 0.99]}", 0, NULL);
+    struct ft_optim_opts o;
+    cr_assert_eq(ft_optim_check("AdamW", in, &norm, NULL), FT_OK);
+    cr_assert_eq(ft_optim_opts_from_json("AdamW", norm, &o), FT_OK);
+    cr_assert_eq(o.kind, FT_OPTIM_ADAMW);
+    cr_assert_eq(o.beta1, 0.8);
+    cr_assert_eq(o.beta2, 0.99);
+    cr_assert_eq(o.eps, 1e-6);
+    cr_assert_eq(o.weight_decay, 0.01);
+    cr_assert_eq(ft_optim_opts_from_json("Adagrad", norm, &o), FT_EINVAL);
+    cr_assert_eq(ft_optim_opts_from_json("SGD", norm, &o), FT_EINVAL);
+    cr_assert_eq(ft_optim_check("Adam", in, NULL, NULL), FT_OK);
+    json_decref(norm);
+    json_decref(in);
+}
+
+static void assert_rejected(const char *name, const char *options, const char *param)
+{
+    json_t *in = options ? json_loads(options, JSON_DECODE_ANY, NULL) : NULL;
+    json_t *norm = json_true(); /* any non-NULL value: must come back NULL */
+    struct ft_error err;
+    cr_assert(!options || in, "bad test JSON %s", options);
+    cr_assert_eq(ft_optim_check(name, in, &norm, &err), FT_EINVAL, "%s %s accepted", name, options);
+    cr_assert_null(norm);
+    cr_assert_str_eq(err.param, param, "%s %s: param %s, want %s", name, options, err.param, param);
+    cr_assert_neq(err.message[0], '\0');
+    json_decref(in);
+}
+
+#define OPT "config.hyper_parameters.optimizer_options"
+
+Test(optim_check, bad_names_and_shapes)
+{
+    assert_rejected("Adagrad", NULL, "config.hyper_parameters.optimizer");
+    assert_rejected("adam", NULL, "config.hyper_parameters.optimizer");
+    assert_rejected(NULL, NULL, "config.hyper_parameters.optimizer");
+    assert_rejected("Adam", "[0.9, 0.999]", OPT);
+    assert_rejected("SGD", "\"momentum\"", OPT);
+}
+
+Test(optim_check, unknown_and_unsupported_keys)
+{
+    assert_rejected("Adam", "{\"amsgrad\": true}", OPT ".amsgrad");
+    assert_rejected("AdamW", "{\"amsgrad\": false}", OPT ".amsgrad");
+    assert_rejected("SGD", "{\"dampening\": 0.1}", OPT ".dampening");
+    assert_rejected("SGD", "{\"betas\": [0.9, 0.999]}", OPT ".betas");
+    assert_rejected("Adam", "{\"momentum\": 0.9}", OPT ".momentum");
+    assert_rejected("AdamW", "{\"lr\": 0.1}", OPT ".lr");
+}
+
+Test(optim_check, bad_adam_values)
+{
+    assert_rejected("Adam", "{\"betas\": [0.9]}", OPT ".betas");
+    assert_rejected("Adam", "{\"betas\": [0.9, 0.999, 0.1]}", OPT ".betas");
+    assert_rejected("Adam", "{\"betas\": [0.9, 1.0]}", OPT ".betas");
+    assert_rejected("AdamW", "{\"betas\": [-0.1, 0.999]}", OPT ".betas");
+    assert_rejected("AdamW", "{\"betas\": [\"0.9\", 0.999]}", OPT ".betas");
+    assert_rejected("Adam", "{\"betas\": 0.9}", OPT ".betas");
+    assert_rejected("Adam", "{\"eps\": -1e-8}", OPT ".eps");
+    assert_rejected("Adam", "{\"eps\": \"1e-8\"}", OPT ".eps");
+    assert_rejected("AdamW", "{\"weight_decay\": -0.01}", OPT ".weight_decay");
+    assert_rejected("AdamW", "{\"weight_decay\": true}", OPT ".weight_decay");
+}
+
+Test(optim_check, bad_sgd_values)
+{
+    assert_rejected("SGD", "{\"momentum\": 1.0}", OPT ".momentum");
+    assert_rejected("SGD", "{\"momentum\": -0.1}", OPT ".momentum");
+    assert_rejected("SGD", "{\"momentum\": \"high\"}", OPT ".momentum");
+    assert_rejected("SGD", "{\"nesterov\": true}", OPT ".nesterov");
+    assert_rejected("SGD", "{\"nesterov\": true, \"momentum\": 0}", OPT ".nesterov");
+    assert_rejected("SGD", "{\"nesterov\": 1, \"momentum\": 0.9}", OPT ".nesterov");
+    assert_rejected("SGD", "{\"weight_decay\": -1}", OPT ".weight_decay");
 }

@@ -39,7 +39,8 @@ Test(runspec, defaults_are_finetuners)
     cr_assert_eq(c.optim.kind, FT_OPTIM_ADAM);
     cr_assert_float_eq(c.learning_rate, 1e-3, 1e-15);
     cr_assert_eq(c.epochs, 5);
-    cr_assert_eq(c.batch_size, 128);
+    cr_assert_eq(c.batch_size, 0, "auto: chosen from the data");
+    cr_assert_str_eq(c.sampler, "auto");
     cr_assert_eq(c.num_items_per_class, 4);
     cr_assert_eq(c.seed, 42);
     cr_assert_eq(c.triplet.use_miner, 0);
@@ -48,7 +49,13 @@ Test(runspec, defaults_are_finetuners)
     cr_assert_eq(json_integer_value(json_object_get(hp, "epochs")), 5);
     cr_assert(json_is_null(json_object_get(hp, "miner")));
     cr_assert(json_is_array(json_object_get(norm, "callbacks")));
+    cr_assert(json_is_null(json_object_get(hp, "batch_size")));
+    cr_assert(json_is_null(json_object_get(hp, "scheduler")));
+    json_t *oo = json_object_get(hp, "optimizer_options");
+    cr_assert_float_eq(json_number_value(json_array_get(json_object_get(oo, "betas"), 1)), 0.999,
+                       1e-12);
     json_decref(norm);
+    ft_run_config_clear(&c);
 }
 
 Test(runspec, full_config_parses)
@@ -83,6 +90,7 @@ Test(runspec, full_config_parses)
     cr_assert_eq(c.callbacks.early_stopping.mode, FT_MODE_MAX);
     const char *names[8];
     cr_assert_eq(ft_run_config_datasets(&c, names, 8), 2);
+    ft_run_config_clear(&c);
 }
 
 Test(runspec, bad_input_names_the_field)
@@ -141,4 +149,43 @@ Test(runspec, monitors_must_have_a_series)
                        "\"val_split\": 0.1}, \"callbacks\": [{\"name\": \"EarlyStopping\"}]}",
                        &c, NULL, &err),
                  FT_OK, "%s", err.message);
+    ft_run_config_clear(&c);
+}
+
+Test(runspec, scheduler_sampler_standardize_adamw)
+{
+    struct ft_run_config c;
+    struct ft_error err;
+    json_t *norm;
+    cr_assert_eq(parse("{\"model\": {\"name\": \"mlp\"}, \"hyper_parameters\": {\"optimizer\": "
+                       "\"AdamW\", \"scheduler\": "
+                       "\"linear\", \"scheduler_options\": {\"num_warmup_steps\": 10}, "
+                       "\"batch_size\": 64}, \"data\": {\"train_data\": \"tr\", \"sampler\": "
+                       "\"random\", \"standardize\": {\"mean\": 0.286, \"std\": 0.353}}}",
+                       &c, &norm, &err),
+                 FT_OK, "%s (%s)", err.message, err.param);
+    cr_assert_eq(c.optim.kind, FT_OPTIM_ADAMW);
+    cr_assert_float_eq(c.optim.weight_decay, 0.01, 1e-12);
+    cr_assert_str_eq(c.scheduler, "linear");
+    cr_assert_str_eq(c.sampler, "random");
+    cr_assert_eq(c.standardize, 1);
+    cr_assert_float_eq(c.standardize_std, 0.353, 1e-12);
+    json_t *hp = json_object_get(norm, "hyper_parameters");
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "scheduler")), "linear");
+    cr_assert_eq(json_integer_value(
+                     json_object_get(json_object_get(hp, "scheduler_options"), "num_warmup_steps")),
+                 10);
+    json_decref(norm);
+    ft_run_config_clear(&c);
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"scheduler\": \"step\"}}",
+                   "config.hyper_parameters.scheduler");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"optimizer\": \"Adam\", "
+                           "\"optimizer_options\": {\"amsgrad\": true}}}",
+                   "config.hyper_parameters.optimizer_options.amsgrad");
+    expect_invalid("{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": \"tr\", "
+                   "\"sampler\": \"balanced\"}}",
+                   "config.data.sampler");
+    expect_invalid("{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": \"tr\", "
+                   "\"standardize\": {\"mean\": 0.5}}}",
+                   "config.data.standardize");
 }

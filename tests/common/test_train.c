@@ -145,6 +145,7 @@ Test(train, metrics_improve_and_artifact_is_the_best_epoch)
     unlink(artifact_path());
     ft_dataset_free(tr);
     ft_dataset_free(ev);
+    ft_run_config_clear(&cfg);
 }
 
 Test(train, early_stopping_stops_and_says_so)
@@ -173,6 +174,7 @@ Test(train, early_stopping_stops_and_says_so)
     unlink(artifact_path());
     ft_dataset_free(tr);
     ft_dataset_free(ev);
+    ft_run_config_clear(&cfg);
 }
 
 Test(train, non_finite_loss_fails_with_epoch_and_batch)
@@ -194,6 +196,7 @@ Test(train, non_finite_loss_fails_with_epoch_and_batch)
               err.message);
     cr_assert_neq(access(artifact_path(), F_OK), 0, "no artifact for a failed run");
     ft_dataset_free(tr);
+    ft_run_config_clear(&cfg);
 }
 
 Test(train, cancel_stops_at_the_next_batch)
@@ -210,6 +213,7 @@ Test(train, cancel_stops_at_the_next_batch)
     cr_assert_eq(ft_train(&cfg, &in, &hooks, artifact_path(), &res, &err), FT_ECANCELED);
     cr_assert(strstr(err.message, "canceled at epoch 1, batch 4"), "%s", err.message);
     ft_dataset_free(tr);
+    ft_run_config_clear(&cfg);
 }
 
 Test(train, same_seed_same_artifact)
@@ -240,4 +244,47 @@ Test(train, same_seed_same_artifact)
     unlink(p1);
     unlink(p2);
     ft_dataset_free(tr);
+    ft_run_config_clear(&cfg);
+}
+
+/* The learning_rate the log reports for epoch e (NAN when absent). */
+static double logged_lr(const char *log, int e, int epochs)
+{
+    char key[64];
+    snprintf(key, sizeof key, "Epoch %d/%d: ", e, epochs);
+    const char *p = strstr(log, key);
+    p = p ? strstr(p, "learning_rate ") : NULL;
+    return p ? strtod(p + strlen("learning_rate "), NULL) : NAN;
+}
+
+Test(train, scheduler_random_sampler_and_auto_batch_size)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct capture cap = {0};
+    struct ft_dataset *tr = clusters(96, 1.0, 1);
+    char text[1024];
+    snprintf(text, sizeof text,
+             "{\"model\": {\"name\": \"mlp\", \"options\": {\"hidden_sizes\": [16, 8]}}, "
+             "\"data\": {\"train_data\": \"tr\", \"sampler\": \"random\"}, "
+             "\"hyper_parameters\": {\"epochs\": 3, \"learning_rate\": 0.01, \"optimizer\": "
+             "\"AdamW\", \"scheduler\": \"linear\", \"scheduler_options\": {\"num_warmup_steps\": "
+             "1, \"scheduler_step\": \"epoch\"}}}");
+    json_t *j = json_loads(text, 0, NULL);
+    cr_assert_eq(ft_run_config_parse(j, &cfg, NULL, &err), FT_OK, "%s", err.message);
+    json_decref(j);
+    struct ft_train_inputs in = {.train = tr};
+    struct ft_train_hooks hooks = {&cap, on_log, on_metrics, NULL};
+    cr_assert_eq(ft_train(&cfg, &in, &hooks, artifact_path(), &res, &err), FT_OK, "%s",
+                 err.message);
+    /* 96 rows: auto batch size 48 (half the rows), 2 batches an epoch */
+    cr_assert(strstr(cap.log, "in 2 batches of 48 (random sampler)"), "%s", cap.log);
+    /* per epoch, warm-up 1 of 3 steps: lr(0) = 0, lr(1) = 0.01, lr(2) = 0.005 */
+    cr_assert_float_eq(logged_lr(cap.log, 1, 3), 0.0, 1e-12, "%s", cap.log);
+    cr_assert_float_eq(logged_lr(cap.log, 2, 3), 0.01, 1e-9);
+    cr_assert_float_eq(logged_lr(cap.log, 3, 3), 0.005, 1e-9);
+    unlink(artifact_path());
+    ft_dataset_free(tr);
+    ft_run_config_clear(&cfg);
 }

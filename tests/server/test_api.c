@@ -548,7 +548,9 @@ Test(api, run_submit_normalises_config)
     cr_assert_str_eq(jstr(hp, "optimizer"), "Adam");
     cr_assert_str_eq(jstr(hp, "loss"), "TripletMarginLoss");
     cr_assert_eq(jint(hp, "epochs"), 5);
-    cr_assert_eq(jint(hp, "batch_size"), 128);
+    cr_assert(json_is_null(json_object_get(hp, "batch_size")), "auto: chosen from the data");
+    cr_assert(json_is_null(json_object_get(hp, "scheduler")));
+    cr_assert_str_eq(jstr(json_object_get(cfg, "data"), "sampler"), "auto");
     cr_assert_float_eq(json_number_value(json_object_get(hp, "learning_rate")), 1e-3, 1e-12);
     cr_assert_eq(jint(opts, "input_size"), 2, "input_size comes from the dataset");
     cr_assert_eq(json_array_size(json_object_get(opts, "hidden_sizes")), 2);
