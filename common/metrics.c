@@ -469,7 +469,16 @@ enum ft_err ft_retrieval_metrics(const struct ft_eval_set *query, const struct f
                                  int dim, int k, enum ft_score score, int exclude_self,
                                  struct ft_metrics_result *out, struct ft_error *err)
 {
-    return retrieve(query, index, dim, k, score, exclude_self, out, NULL, NULL, err);
+    return retrieve(query, index, dim, k, score, exclude_self && (!index || index == query), out,
+                    NULL, NULL, err);
+}
+
+enum ft_err ft_retrieval_metrics_by_id(const struct ft_eval_set *query,
+                                       const struct ft_eval_set *index, int dim, int k,
+                                       enum ft_score score, int exclude_same_id,
+                                       struct ft_metrics_result *out, struct ft_error *err)
+{
+    return retrieve(query, index, dim, k, score, exclude_same_id, out, NULL, NULL, err);
 }
 
 static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eval_set *index,
@@ -489,7 +498,7 @@ static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eva
                          .score = score,
                          .top_ids = top_ids,
                          .top_scores = top_scores};
-    c.exclude = exclude_self && (index == NULL || index == query);
+    c.exclude = exclude_self; /* callers decide when it applies */
     int64_t pool = (int64_t)k + k / 4 + 16;
     c.heap_cap = (int)(pool < d->n ? pool : d->n);
     int64_t block = d->n > 0 ? DOT_BUDGET / d->n : MAX_BLOCK;

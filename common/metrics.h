@@ -64,9 +64,17 @@ enum ft_err ft_retrieval_metrics(const struct ft_eval_set *query, const struct f
                                  int dim, int k, enum ft_score score, int exclude_self,
                                  struct ft_metrics_result *out, struct ft_error *err);
 
+/* As ft_retrieval_metrics with the index given and the exclusion decided by the caller:
+ * exclude_same_id = 1 removes, for each query, the index document with the query's id (for a
+ * sample of queries against their whole dataset, say). */
+enum ft_err ft_retrieval_metrics_by_id(const struct ft_eval_set *query,
+                                       const struct ft_eval_set *index, int dim, int k,
+                                       enum ft_score score, int exclude_same_id,
+                                       struct ft_metrics_result *out, struct ft_error *err);
+
 /* The ranking itself, for EvaluationCallback's gather_examples: for every query i of query
  * (use a subset set for a few queries) its top k index documents, best first, ties by smaller
- * id, with exclude_self as above: ids (query->n, k) and scores (query->n, k) written; slots
+ * id; exclude_self = 1 removes the index document with the query's id (index NULL = query); ids (query->n, k) and scores (query->n, k) written; slots
  * past the candidates hold id -1 and score 0. Scores as ranked (cosine, -squared euclidean,
  * inner product). Errors as ft_retrieval_metrics. */
 enum ft_err ft_retrieval_topk(const struct ft_eval_set *query, const struct ft_eval_set *index,

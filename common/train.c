@@ -5,6 +5,7 @@
  * the caller sees goes through the hooks (log lines, metrics) and the artifact file. */
 #include "train.h"
 
+#include "evaluation.h"
 #include "metrics.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -35,7 +36,10 @@ struct trainer {
     int64_t *idx;
     int32_t *yb;
     float *xb, *emb, *demb;
-    float *best_params; /* copy of the best epoch's params (num_params) */
+    float *best_params;                          /* copy of the best epoch's params (num_params) */
+    ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS]; /* one per EvaluationCallback (owned) */
+    struct ft_metrics_result mr[FT_MAX_EVAL_CALLBACKS]; /* their latest results */
+    int64_t step;                                       /* optimizer steps taken (batches) */
 };
 
 static void tlog(struct trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -158,6 +162,8 @@ static void trainer_free(struct trainer *t)
     free(t->emb);
     free(t->demb);
     free(t->best_params);
+    for (int i = 0; i < FT_MAX_EVAL_CALLBACKS; i++)
+        ft_evaluation_free(t->evals[i]);
 }
 
 /* ---- batches, losses ---- */
@@ -275,75 +281,84 @@ static float *embed(struct trainer *t, const struct ft_dataset *ds, int batch)
     return out;
 }
 
-static enum ft_err eval_one(struct trainer *t, int c, struct ft_metrics_result *res,
-                            struct ft_error *err)
+static float *embed_cb(void *ctx, const struct ft_dataset *ds, int batch)
 {
-    const struct ft_eval_callback *cb = &t->cfg->callbacks.eval[c];
-    const struct ft_dataset *q = t->query[c], *x = t->index[c];
-    int batch = cb->batch_size < 256 ? 256 : cb->batch_size; /* same numbers, fewer calls */
-    enum ft_err e = FT_ENOMEM;
-    float *qe = embed(t, q, batch), *xe = x ? embed(t, x, batch) : NULL;
-    int64_t *qid = malloc((size_t)q->n * sizeof *qid);
-    int64_t nx = x ? x->n : 0;
-    int64_t *xid = malloc((size_t)(nx ? nx : 1) * sizeof *xid);
-    int32_t *xlab = malloc((size_t)(nx ? nx : 1) * sizeof *xlab);
-    int32_t *map = x ? malloc((size_t)(x->num_labels ? x->num_labels : 1) * sizeof *map) : NULL;
-    if (qe && qid && xid && xlab && (!x || (xe && map))) {
-        for (int64_t i = 0; i < q->n; i++)
-            qid[i] = i;
-        if (x) {
-            ft_dataset_map_labels(q, x, map);
-            for (int64_t i = 0; i < nx; i++) {
-                int32_t l = map[x->labels[i]];
-                xid[i] = i;
-                xlab[i] = l >= 0 ? l : -1 - x->labels[i]; /* unmatched: never equal */
-            }
-        }
-        struct ft_eval_set qs = {qe, qid, q->labels, q->n};
-        struct ft_eval_set xs = {xe, xid, xlab, nx};
-        e = ft_retrieval_metrics(&qs, x ? &xs : NULL, t->out_dim, cb->limit, cb->distance,
-                                 x ? 0 : cb->exclude_self, res, err);
-    } else {
-        ft_error_set(err, FT_ENOMEM, NULL, "out of memory while embedding");
-    }
-    free(qe);
-    free(xe);
-    free(qid);
-    free(xid);
-    free(xlab);
-    free(map);
-    return e;
+    return embed(ctx, ds, batch);
 }
 
-/* Run every EvaluationCallback; add "<model>_<metric>" keys to values and log them. The first
- * callback's results go to *first (for monitors). */
-static enum ft_err evaluate(struct trainer *t, json_t *values, struct ft_metrics_result *first,
-                            struct ft_error *err)
+static enum ft_err prepare_evaluations(struct trainer *t, struct ft_error *err)
 {
-    first->evaluated = 0;
     for (int c = 0; c < t->cfg->callbacks.num_eval; c++) {
-        struct ft_metrics_result r;
-        enum ft_err e = eval_one(t, c, &r, err);
+        enum ft_err e = ft_evaluation_new(&t->cfg->callbacks.eval[c], t->query[c], t->index[c],
+                                          t->cfg->model_name, t->cfg->seed + 10 + (uint64_t)c,
+                                          &t->evals[c], err);
         if (e != FT_OK)
             return e;
-        if (c == 0)
-            *first = r;
-        for (int m = 0; m < FT_NUM_METRICS; m++) {
-            char key[160];
-            if (c == 0)
-                snprintf(key, sizeof key, "%s_%s", t->cfg->model_name, ft_metric_name(m));
-            else
-                snprintf(key, sizeof key, "%s_eval%d_%s", t->cfg->model_name, c, ft_metric_name(m));
-            if (r.evaluated > 0) {
-                json_object_set_new(values, key, json_real(r.value[m]));
-                tlog(t, "Metric: '%s' Value: %.5f", key, r.value[m]);
-            } else {
-                json_object_set_new(values, key, json_null());
-                tlog(t, "Metric: '%s' Value: null (no query has a relevant document)", key);
-            }
-        }
     }
     return FT_OK;
+}
+
+/* Log evaluation c's metrics as Finetuner does. */
+static void log_metrics(struct trainer *t, int c)
+{
+    const struct ft_metrics_result *r = &t->mr[c];
+    for (int m = 0; m < FT_NUM_METRICS; m++) {
+        const char *key = ft_evaluation_key(t->evals[c], m);
+        if (r->evaluated > 0)
+            tlog(t, "Metric: '%s' Value: %.5f", key, r->value[m]);
+        else
+            tlog(t, "Metric: '%s' Value: null (no query has a relevant document)", key);
+    }
+}
+
+/* Run evaluation c; its metrics go into values (and t->mr[c]); examples, when gathered, are
+ * appended to the examples array (may be NULL). */
+static enum ft_err evaluate_one(struct trainer *t, int c, json_t *values, json_t *examples,
+                                struct ft_error *err)
+{
+    struct ft_embedder emb = {t, embed_cb, t->out_dim};
+    json_t *ex = NULL;
+    enum ft_err e =
+        ft_evaluation_run(t->evals[c], &emb, values, &t->mr[c], examples ? &ex : NULL, err);
+    if (e != FT_OK)
+        return e;
+    log_metrics(t, c);
+    if (ex)
+        json_array_append_new(examples, ex);
+    return FT_OK;
+}
+
+/* Run every EvaluationCallback (before, after an epoch, after training). */
+static enum ft_err evaluate(struct trainer *t, json_t *values, json_t *examples,
+                            struct ft_error *err)
+{
+    for (int c = 0; c < t->cfg->callbacks.num_eval; c++) {
+        enum ft_err e = evaluate_one(t, c, values, examples, err);
+        if (e != FT_OK)
+            return e;
+    }
+    return FT_OK;
+}
+
+/* steps_per_interval: evaluations due after optimizer step t->step, stored as phase "step". */
+static enum ft_err evaluate_interval(struct trainer *t, struct ft_error *err)
+{
+    json_t *values = NULL;
+    enum ft_err e = FT_OK;
+    for (int c = 0; e == FT_OK && c < t->cfg->callbacks.num_eval; c++) {
+        int every = t->cfg->callbacks.eval[c].steps_per_interval;
+        if (every <= 0 || t->step % every != 0)
+            continue;
+        if (!values) {
+            values = json_pack("{s:I, s:i}", "step", (json_int_t)t->step, "epoch", t->epoch);
+            tlog(t, "Evaluating at step %lld (epoch %d)", (long long)t->step, t->epoch);
+        }
+        e = evaluate_one(t, c, values, NULL, err);
+    }
+    if (values && e == FT_OK)
+        emit_metrics(t, "step", (int)t->step, values);
+    json_decref(values);
+    return e;
 }
 
 /* ---- callbacks ---- */
@@ -352,6 +367,7 @@ static enum ft_err evaluate(struct trainer *t, json_t *values, struct ft_metrics
 static int monitor_value(enum ft_monitor_kind kind, int metric, double train_loss, int has_val,
                          double vloss, const struct ft_metrics_result *mr, double *out)
 {
+    /* mr: the results of the EvaluationCallback the monitor reads */
     switch (kind) {
     case FT_MON_TRAIN_LOSS:
         *out = train_loss;
@@ -416,9 +432,13 @@ static enum ft_err train_epoch(struct trainer *t, ft_sampler *s, int epoch, doub
             return e;
         sum += loss;
         b++;
+        t->step++;
         if (b % every == 0 || b == nb)
             tlog(t, "Training [%d/%d] %lld/%lld batches loss: %.3f", epoch, t->cfg->epochs,
                  (long long)b, (long long)nb, sum / (double)b);
+        e = evaluate_interval(t, err);
+        if (e != FT_OK)
+            return e;
     }
     *mean = b ? sum / (double)b : NAN;
     return FT_OK;
@@ -480,7 +500,6 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
     for (int epoch = 1; epoch <= c->epochs; epoch++) {
         double tl = NAN, vl = NAN;
         int has_val;
-        struct ft_metrics_result mr = {0};
         t->epoch = epoch;
         enum ft_err e = train_epoch(t, s, epoch, &tl, err);
         if (e == FT_OK)
@@ -496,7 +515,7 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
         else
             tlog(t, "Epoch %d/%d: train_loss %.5f learning_rate %.6g", epoch, c->epochs, tl,
                  t->last_lr);
-        e = evaluate(t, values, &mr, err);
+        e = evaluate(t, values, NULL, err);
         if (e == FT_OK)
             emit_metrics(t, "epoch", epoch, values);
         json_decref(values);
@@ -505,11 +524,11 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
         res->epochs_completed = epoch;
         double v = NAN;
         if (c->callbacks.has_best_checkpoint) {
-            int has = monitor_value(bc.kind, bc.metric, tl, has_val, vl, &mr, &v);
+            int has = monitor_value(bc.kind, bc.metric, tl, has_val, vl, &t->mr[bc.eval_index], &v);
             checkpoint_epoch(t, &bc, epoch, has, v);
         }
         if (c->callbacks.has_early_stopping) {
-            int has = monitor_value(es.kind, es.metric, tl, has_val, vl, &mr, &v);
+            int has = monitor_value(es.kind, es.metric, tl, has_val, vl, &t->mr[es.eval_index], &v);
             if (early_stop_epoch(t, &es, epoch, has, v) && epoch < c->epochs) {
                 res->stopped_early = 1;
                 tlog(t, "Early stopping after epoch %d: '%s' did not improve for %d epochs", epoch,
@@ -531,7 +550,6 @@ static enum ft_err train_all(struct trainer *t, const struct ft_train_inputs *in
 {
     const struct ft_run_config *c = t->cfg;
     ft_sampler *s = NULL;
-    struct ft_metrics_result mr;
     int random = strcmp(c->sampler, "random") == 0;
     enum ft_err e = random ? ft_sampler_new_random(t->train->n, t->B, c->seed + 1, &s, err)
                            : ft_sampler_new(t->train->labels, t->train->n, t->B,
@@ -553,24 +571,33 @@ static enum ft_err train_all(struct trainer *t, const struct ft_train_inputs *in
          c->model_name, ft_model_num_params(t->model), (long long)t->train->n,
          (long long)ft_sampler_num_batches(s), t->B, random ? "random" : "class", c->loss,
          c->optimizer, c->learning_rate, c->scheduler[0] ? ", scheduler " : "", c->scheduler);
-    json_t *before = json_object();
+    json_t *before = json_object(), *examples = json_array();
     if (c->callbacks.num_eval)
         tlog(t, "Evaluating before training");
-    e = evaluate(t, before, &mr, err);
+    e = prepare_evaluations(t, err);
+    if (e == FT_OK)
+        e = evaluate(t, before, examples, err);
     if (e == FT_OK)
         emit_metrics(t, "before", 0, before);
+    if (e == FT_OK && json_array_size(examples))
+        emit_metrics(t, "examples_before", 0, examples);
     json_decref(before);
+    json_decref(examples);
     if (e == FT_OK)
         e = run_epochs(t, s, res, err);
     ft_sampler_free(s);
     if (e != FT_OK)
         return e;
     json_t *after = json_object();
+    examples = json_array();
     if (c->callbacks.num_eval)
         tlog(t, "Evaluating the %s model", res->best_epoch ? "best" : "final");
-    e = evaluate(t, after, &mr, err);
+    e = evaluate(t, after, examples, err);
     if (e == FT_OK)
         emit_metrics(t, "after", res->epochs_completed, after);
+    if (e == FT_OK && json_array_size(examples))
+        emit_metrics(t, "examples_after", 0, examples);
+    json_decref(examples);
     if (e == FT_OK)
         e = write_artifact(t, in->config, after, res->best_epoch, artifact_path, err);
     json_decref(after);

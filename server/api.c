@@ -555,6 +555,17 @@ static void h_run_metrics(struct ctx *c)
     respond_json(c, 200, m);
 }
 
+static void h_run_examples(struct ctx *c)
+{
+    int64_t id;
+    if (!find_run(c, &id))
+        return;
+    json_t *ex = ft_store_examples_get(c->api->store, id);
+    if (!ex)
+        return fail(c, FT_EDB, NULL, "could not read examples");
+    respond_json(c, 200, ex);
+}
+
 static void h_run_artifact(struct ctx *c)
 {
     struct ft_error err;
@@ -631,6 +642,7 @@ static const struct route routes[] = {
     {"GET", "/experiments/*/runs/*/logs", h_run_logs},
     {"GET", "/experiments/*/runs/*/logstream", h_run_logstream},
     {"GET", "/experiments/*/runs/*/metrics", h_run_metrics},
+    {"GET", "/experiments/*/runs/*/examples", h_run_examples},
     {"GET", "/experiments/*/runs/*/artifact", h_run_artifact},
     {"POST", "/experiments/*/runs/*/cancel", h_run_cancel},
 };

@@ -818,10 +818,12 @@ void ft_store_metrics_put(ft_store *s, int64_t id, const char *phase, int epoch,
 
 json_t *ft_store_metrics_get(ft_store *s, int64_t id)
 {
-    json_t *out = json_pack("{s:{}, s:{}, s:[]}", "before", "after", "epochs");
+    json_t *out = json_pack("{s:{}, s:{}, s:[], s:[]}", "before", "after", "epochs", "steps");
     lock(s);
-    sqlite3_stmt *st =
-        prep(s, "SELECT phase, data FROM metrics WHERE run_id = ? ORDER BY epoch", "i", id);
+    sqlite3_stmt *st = prep(s,
+                            "SELECT phase, data FROM metrics WHERE run_id = ? AND phase IN "
+                            "('before', 'after', 'epoch', 'step') ORDER BY epoch",
+                            "i", id);
     while (st && sqlite3_step(st) == SQLITE_ROW) {
         const char *phase = (const char *)sqlite3_column_text(st, 0);
         json_t *v = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
@@ -829,8 +831,29 @@ json_t *ft_store_metrics_get(ft_store *s, int64_t id)
             continue;
         if (strcmp(phase, "epoch") == 0)
             json_array_append_new(json_object_get(out, "epochs"), v);
+        else if (strcmp(phase, "step") == 0)
+            json_array_append_new(json_object_get(out, "steps"), v);
         else
             json_object_set_new(out, phase, v);
+    }
+    sqlite3_finalize(st);
+    unlock(s);
+    return out;
+}
+
+json_t *ft_store_examples_get(ft_store *s, int64_t id)
+{
+    json_t *out = json_pack("{s:[], s:[]}", "before", "after");
+    lock(s);
+    sqlite3_stmt *st = prep(s,
+                            "SELECT phase, data FROM metrics WHERE run_id = ? AND phase IN "
+                            "('examples_before', 'examples_after')",
+                            "i", id);
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        const char *phase = (const char *)sqlite3_column_text(st, 0);
+        json_t *v = json_loads((const char *)sqlite3_column_text(st, 1), 0, NULL);
+        if (v)
+            json_object_set_new(out, strcmp(phase, "examples_before") == 0 ? "before" : "after", v);
     }
     sqlite3_finalize(st);
     unlock(s);

@@ -110,5 +110,8 @@ char *ft_store_logs_since(ft_store *s, int64_t id, int64_t after, int64_t *last_
 void ft_store_metrics_put(ft_store *s, int64_t id, const char *phase, int epoch, json_t *values);
 /* {"before": {...}, "after": {...}, "epochs": [...]} */
 json_t *ft_store_metrics_get(ft_store *s, int64_t id);
+/* {"before": [...], "after": [...]}: the example queries of EvaluationCallbacks with
+ * gather_examples, stored as metrics of phase "examples_before" / "examples_after". */
+json_t *ft_store_examples_get(ft_store *s, int64_t id);
 
 #endif

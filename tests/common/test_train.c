@@ -121,8 +121,7 @@ Test(train, metrics_improve_and_artifact_is_the_best_epoch)
     cr_assert_eq(res.stopped_early, 0);
     cr_assert(res.best_epoch >= 1 && res.best_epoch <= 4);
     cr_assert_eq(cap.metrics_calls, 6, "before + 4 epochs + after");
-    cr_assert_gt(cap.after_p, cap.before_p + 0.05, "before %g after %g", cap.before_p,
-                 cap.after_p);
+    cr_assert_gt(cap.after_p, cap.before_p + 0.05, "before %g after %g", cap.before_p, cap.after_p);
     cr_assert(strstr(cap.log, "Model improved from -inf to"), "%s", cap.log);
     cr_assert(strstr(cap.log, "Metric: 'mlp_average_precision' Value: "));
     cr_assert(strstr(cap.log, "Finetuning took 0 days, 0 hours"));
@@ -192,8 +191,7 @@ Test(train, non_finite_loss_fails_with_epoch_and_batch)
     cfg.triplet.normalize_embeddings = 0;
     struct ft_train_inputs in = {.train = tr};
     cr_assert_eq(ft_train(&cfg, &in, NULL, artifact_path(), &res, &err), FT_ENUMERIC);
-    cr_assert(strstr(err.message, "the loss became NaN at epoch 1, batch 1"), "%s",
-              err.message);
+    cr_assert(strstr(err.message, "the loss became NaN at epoch 1, batch 1"), "%s", err.message);
     cr_assert_neq(access(artifact_path(), F_OK), 0, "no artifact for a failed run");
     ft_dataset_free(tr);
     ft_run_config_clear(&cfg);
@@ -286,5 +284,79 @@ Test(train, scheduler_random_sampler_and_auto_batch_size)
     cr_assert_float_eq(logged_lr(cap.log, 3, 3), 0.005, 1e-9);
     unlink(artifact_path());
     ft_dataset_free(tr);
+    ft_run_config_clear(&cfg);
+}
+
+struct phases {
+    int steps, examples_before, examples_after;
+    json_t *last_epoch; /* new reference */
+    json_t *examples;   /* examples_after, new reference */
+};
+
+static void on_phase(void *ctx, const char *phase, int epoch, json_t *values)
+{
+    struct phases *p = ctx;
+    (void)epoch;
+    if (strcmp(phase, "step") == 0)
+        p->steps++;
+    else if (strcmp(phase, "examples_before") == 0)
+        p->examples_before++;
+    else if (strcmp(phase, "examples_after") == 0) {
+        p->examples_after++;
+        json_decref(p->examples);
+        p->examples = json_incref(values);
+    } else if (strcmp(phase, "epoch") == 0) {
+        json_decref(p->last_epoch);
+        p->last_epoch = json_incref(values);
+    }
+}
+
+Test(train, captions_examples_samples_and_intervals)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct phases ph = {0};
+    struct ft_dataset *tr = clusters(256, 1.0, 1), *ev = clusters(128, 1.0, 2);
+    config(&cfg,
+           "[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"ev\", \"caption\": "
+           "\"held-out\", \"limit\": 5, \"gather_examples\": true, \"num_example_queries\": 3}},"
+           " {\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"tr\", \"caption\": "
+           "\"train\", \"query_sample_size\": 40, \"steps_per_interval\": 4}},"
+           " {\"name\": \"BestModelCheckpoint\", \"options\": {\"monitor\": "
+           "\"mlp_held-out_average_precision\"}}]",
+           2);
+    struct ft_train_inputs in = {.train = tr, .eval = ev, .query = {ev, tr}};
+    struct ft_train_hooks hooks = {&ph, NULL, on_phase, NULL};
+    cr_assert_eq(ft_train(&cfg, &in, &hooks, artifact_path(), &res, &err), FT_OK, "%s",
+                 err.message);
+    /* 256 rows, batch 32: 8 batches an epoch, 16 steps, an interval every 4 */
+    cr_assert_eq(ph.steps, 4);
+    cr_assert_eq(ph.examples_before, 1);
+    cr_assert_eq(ph.examples_after, 1);
+    cr_assert_not_null(json_object_get(ph.last_epoch, "mlp_held-out_precision_at_k"));
+    cr_assert_not_null(json_object_get(ph.last_epoch, "mlp_train_ndcg_at_k"));
+    cr_assert(res.best_epoch >= 1);
+    json_t *ex = json_array_get(ph.examples, 0);
+    cr_assert_str_eq(json_string_value(json_object_get(ex, "caption")), "held-out");
+    json_t *queries = json_object_get(ex, "queries");
+    cr_assert_eq(json_array_size(queries), 3);
+    json_t *q0 = json_array_get(queries, 0);
+    json_t *results = json_object_get(q0, "results");
+    cr_assert_eq(json_array_size(results), 5);
+    for (size_t i = 0; i < 5; i++) { /* exclude_self: never the query itself */
+        json_t *r = json_array_get(results, i);
+        cr_assert_neq(json_integer_value(json_object_get(r, "id")),
+                      json_integer_value(json_object_get(q0, "id")));
+        if (i > 0)
+            cr_assert_geq(
+                json_number_value(json_object_get(json_array_get(results, i - 1), "score")),
+                json_number_value(json_object_get(r, "score")));
+    }
+    json_decref(ph.last_epoch);
+    json_decref(ph.examples);
+    unlink(artifact_path());
+    ft_dataset_free(tr);
+    ft_dataset_free(ev);
     ft_run_config_clear(&cfg);
 }
