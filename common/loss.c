@@ -1,14 +1,24 @@
-/* loss.c — pml TripletMarginLoss (AvgNonZero reducer) with an optional TripletMarginMiner.
+/* loss.c — metric-learning losses and miners, pml 2.x semantics (see loss.h and
+ * tests/fixtures/torch/README.md).
  *
- * Design: the B x B distance matrix comes from one Gram sgemm over the normalised (or raw)
- * embeddings. The triplets are never enumerated: per anchor the negatives and the positives
- * are sorted by distance (radix sort) and one sweep over the positives keeps three cursors
- * into the negatives, so the kept/active negatives of each (a, p) are a range whose count,
- * loss sum (prefix sums) and gradient counts (difference array) cost O(1): O(B^2) per batch
- * instead of O(B^3). The counts dL/dD are scaled by 1/num_nonzero and pushed back to the
- * embeddings with one more sgemm, then through the L2 normalisation. ft_triplet_mine
- * enumerates with the same float predicates (the tests check both agree). Scratch buffers are
- * allocated per call and freed before returning.
+ * Two layers. (1) The colleague's TripletMarginLoss (AvgNonZero) with an optional
+ * TripletMarginMiner, ft_triplet_margin_loss: the B x B distance matrix comes from one Gram
+ * sgemm over the normalised (or raw) embeddings. The triplets are never enumerated: per anchor
+ * the negatives and the positives are sorted by distance (radix sort) and one sweep over the
+ * positives keeps three cursors into the negatives, so the kept/active negatives of each
+ * (a, p) are a range whose count, loss sum (prefix sums) and gradient counts (difference
+ * array) cost O(1): O(B^2) per batch instead of O(B^3). The counts dL/dD are scaled by
+ * 1/num_nonzero and pushed back to the embeddings with one more sgemm, then through the L2
+ * normalisation. ft_triplet_mine enumerates with the same float predicates (the tests check both
+ * agree). Scratch buffers are allocated per call and freed before returning.
+ *
+ * (2) ft_loss, the losses and miners by name: one option table per loss and miner drives
+ * validation, defaults and the normalised JSON. Every distance-based loss (triplet, contrastive,
+ * NTXent, multi-similarity) fills the same dL/dD matrix and reuses the one backward (sgemm +
+ * normalisation); pair losses and pair miners work on a (B, B) selection mask in O(B^2);
+ * TripletMarginLoss keeps the sorted sweep and enumerates triplets (O(B P N)) only for swap,
+ * smooth_loss and BatchHardMiner. CLIPLoss and ArcFaceLoss are two sgemms and a softmax each.
+ * The object owns its scratch (grown to the largest batch seen) and ArcFace's W and gradient.
  *
  * Distances (see loss.h): cosine d = 1 - <n_i, n_j>; euclidean d = sqrt(|x_i|^2 + |x_j|^2 -
  * 2 <x_i, x_j>). Near pairs (d^2 < NEAR (|x_i|^2 + |x_j|^2)) lose digits to cancellation, so
@@ -19,9 +29,11 @@
 #include "loss.h"
 
 #include "nn.h"
+#include "rng.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +49,7 @@ struct work {
     float *dist;   /* (B, B) distance matrix */
     float *dd;     /* (B, B) dL/dD, then the symmetric backward weights */
     int nonfinite; /* some distance is NaN or infinite */
+    size_t cap_x, cap_norms, cap_sq, cap_dist, cap_dd; /* allocated floats of each buffer */
 };
 
 /* Keep a triplet when lo < m <= hi, m = d(a,n) - d(a,p). */
@@ -85,26 +98,44 @@ static void work_free(struct work *w)
     free(w->sq);
     free(w->dist);
     free(w->dd);
+    memset(w, 0, sizeof *w);
 }
 
-/* Allocate the scratch; returns 0 on ENOMEM (w is then freed). */
-static int work_alloc(struct work *w, int B, int D, const struct ft_triplet_opts *o, int grad)
+/* Make *p hold at least n floats (old contents dropped); 0 on ENOMEM (*p is then NULL). */
+static int reserve(float **p, size_t *cap, size_t n)
 {
-    memset(w, 0, sizeof *w);
+    if (*p && n <= *cap)
+        return 1;
+    free(*p);
+    *p = malloc((n ? n : 1) * sizeof **p);
+    *cap = *p ? n : 0;
+    return *p != NULL;
+}
+
+/* Size the scratch for a (B, D) batch, growing the buffers when needed (w starts zeroed and
+ * may be reused); dd (B, B) is left uninitialised. Returns 0 on ENOMEM (w stays freeable). */
+static int work_reserve(struct work *w, int B, int D, int euclidean, int normalize)
+{
+    size_t bb = (size_t)B * B;
     w->B = B;
     w->D = D;
-    w->euclidean = o->distance == FT_DIST_EUCLIDEAN;
-    w->normalize = !w->euclidean || o->normalize_embeddings;
-    size_t bb = (size_t)B * B;
-    w->x = malloc((size_t)B * D * sizeof *w->x);
-    w->norms = malloc((size_t)B * sizeof *w->norms);
-    w->sq = malloc((size_t)B * sizeof *w->sq);
-    w->dist = malloc(bb * sizeof *w->dist);
-    w->dd = grad ? calloc(bb, sizeof *w->dd) : NULL;
-    if (!w->x || !w->norms || !w->sq || !w->dist || (grad && !w->dd)) {
+    w->euclidean = euclidean;
+    w->normalize = !euclidean || normalize;
+    w->nonfinite = 0;
+    return reserve(&w->x, &w->cap_x, (size_t)B * D) && reserve(&w->norms, &w->cap_norms, B) &&
+           reserve(&w->sq, &w->cap_sq, B) && reserve(&w->dist, &w->cap_dist, bb) &&
+           reserve(&w->dd, &w->cap_dd, bb);
+}
+
+/* Allocate the scratch; returns 0 on ENOMEM (w is then freed). dd is zeroed. */
+static int work_alloc(struct work *w, int B, int D, const struct ft_triplet_opts *o)
+{
+    memset(w, 0, sizeof *w);
+    if (!work_reserve(w, B, D, o->distance == FT_DIST_EUCLIDEAN, o->normalize_embeddings)) {
         work_free(w);
         return 0;
     }
+    memset(w->dd, 0, (size_t)B * B * sizeof *w->dd);
     return 1;
 }
 
@@ -454,7 +485,7 @@ static enum ft_err loss_core(float *loss, float *demb, struct tally *t, const fl
                              const struct ft_triplet_opts *opts)
 {
     struct work w;
-    if (!work_alloc(&w, B, D, opts, demb != NULL))
+    if (!work_alloc(&w, B, D, opts))
         return FT_ENOMEM;
     compute_dist(&w, emb);
     if (w.nonfinite) {
@@ -462,7 +493,7 @@ static enum ft_err loss_core(float *loss, float *demb, struct tally *t, const fl
         work_free(&w);
         return FT_OK;
     }
-    if (!triplet_pass(t, w.dd, &w, labels, opts)) {
+    if (!triplet_pass(t, demb ? w.dd : NULL, &w, labels, opts)) {
         work_free(&w);
         return FT_ENOMEM;
     }
@@ -489,6 +520,7 @@ enum ft_err ft_triplet_margin_loss(float *loss, float *demb, const float *emb,
     if (B >= 3 && D > 0)
         rc = loss_core(loss, demb, &t, emb, labels, B, D, opts);
     if (stats) {
+        memset(stats, 0, sizeof *stats);
         stats->num_triplets = t.kept;
         stats->num_nonzero = t.nonzero;
     }
@@ -501,7 +533,7 @@ int64_t ft_triplet_mine(int64_t *trip, int64_t cap, const float *emb, const int3
     struct work w;
     if (B < 3 || D <= 0)
         return 0;
-    if (!work_alloc(&w, B, D, opts, 0))
+    if (!work_alloc(&w, B, D, opts))
         return -1;
     compute_dist(&w, emb);
     struct miner_bounds mb = miner_bounds(opts);
@@ -526,4 +558,1268 @@ int64_t ft_triplet_mine(int64_t *trip, int64_t cap, const float *emb, const int3
     }
     work_free(&w);
     return count;
+}
+
+/* ======================================================================================
+ * Losses and miners by name (ft_loss). Options come from one table per loss and miner
+ * (key, type, default, range), used by both ft_loss_check and ft_loss_new.
+ * ====================================================================================== */
+
+#define LOSS_PATH "config.hyper_parameters.loss"
+#define LOSS_OPTS_PATH "config.hyper_parameters.loss_options"
+#define MINER_PATH "config.hyper_parameters.miner"
+#define MINER_OPTS_PATH "config.hyper_parameters.miner_options"
+#define KNOWN_LOSSES                                                                       \
+    "TripletMarginLoss, ContrastiveLoss, SiameseLoss, NTXentLoss, CLIPLoss, ArcFaceLoss, " \
+    "MultiSimilarityLoss"
+#define KNOWN_MINERS "TripletMarginMiner, BatchHardMiner, MultiSimilarityMiner, PairMarginMiner"
+#define PI 3.14159265358979323846
+
+enum loss_kind {
+    LOSS_TRIPLET,
+    LOSS_CONTRASTIVE,
+    LOSS_NTXENT,
+    LOSS_CLIP,
+    LOSS_ARCFACE,
+    LOSS_MULTI_SIM
+};
+
+enum miner_kind {
+    MINER_NONE,
+    MINER_TRIPLET_MARGIN,
+    MINER_BATCH_HARD,
+    MINER_MULTI_SIM,
+    MINER_PAIR_MARGIN
+};
+
+/* Every option of every loss and miner; a loss reads only its own. */
+struct loss_cfg {
+    enum loss_kind loss;
+    enum miner_kind miner;
+    double margin;                 /* TripletMarginLoss; ArcFaceLoss (degrees) */
+    int distance;                  /* enum ft_distance */
+    int normalize, swap, smooth;   /* TripletMarginLoss (normalize: ContrastiveLoss too) */
+    double pos_margin, neg_margin; /* ContrastiveLoss */
+    double temperature;            /* NTXentLoss */
+    double scale;                  /* ArcFaceLoss */
+    double alpha, beta, base;      /* MultiSimilarityLoss */
+    double miner_margin;           /* TripletMarginMiner */
+    int type;                      /* TripletMarginMiner: enum ft_triplet_type */
+    double epsilon;                /* MultiSimilarityMiner */
+    double miner_pos_margin, miner_neg_margin; /* PairMarginMiner */
+};
+
+enum opt_kind { OPT_NUM, OPT_BOOL, OPT_ENUM };
+
+/* One option: NUM in [lo, hi] ((lo, hi] when lo_open) stored as double; BOOL and ENUM (index
+ * into names) stored as int. */
+struct opt {
+    const char *key;
+    enum opt_kind kind;
+    size_t off;
+    double def;
+    double lo, hi;
+    int lo_open;
+    const char *const *names;
+};
+
+static const char *const dist_names[] = {"cosine", "euclidean", NULL}; /* enum ft_distance */
+static const char *const type_names[] = {"all", "hard", "semihard", "easy", NULL};
+
+#define NUM(k, f, d, lo, hi, open)                                      \
+    {                                                                   \
+        k, OPT_NUM, offsetof(struct loss_cfg, f), d, lo, hi, open, NULL \
+    }
+#define BOOL(k, f, d)                                               \
+    {                                                               \
+        k, OPT_BOOL, offsetof(struct loss_cfg, f), d, 0, 0, 0, NULL \
+    }
+#define ENUM(k, f, d, n)                                         \
+    {                                                            \
+        k, OPT_ENUM, offsetof(struct loss_cfg, f), d, 0, 0, 0, n \
+    }
+#define END                                \
+    {                                      \
+        NULL, OPT_NUM, 0, 0, 0, 0, 0, NULL \
+    }
+
+static const struct opt triplet_opts[] = {
+    NUM("margin", margin, 0.05, 0.0, 100.0, 0),
+    ENUM("distance", distance, FT_DIST_EUCLIDEAN, dist_names),
+    BOOL("normalize_embeddings", normalize, 1),
+    BOOL("swap", swap, 0),
+    BOOL("smooth_loss", smooth, 0),
+    END,
+};
+static const struct opt contrastive_opts[] = {
+    NUM("pos_margin", pos_margin, 0.0, -100.0, 100.0, 0),
+    NUM("neg_margin", neg_margin, 1.0, -100.0, 100.0, 0),
+    ENUM("distance", distance, FT_DIST_EUCLIDEAN, dist_names),
+    BOOL("normalize_embeddings", normalize, 1),
+    END,
+};
+static const struct opt ntxent_opts[] = {NUM("temperature", temperature, 0.07, 0.0, 100.0, 1), END};
+static const struct opt no_opts[] = {END};
+static const struct opt arcface_opts[] = {
+    NUM("margin", margin, 28.6, 0.0, 180.0, 0),
+    NUM("scale", scale, 64.0, 0.0, 1e4, 1),
+    END,
+};
+static const struct opt ms_opts[] = {
+    NUM("alpha", alpha, 2.0, 0.0, 1e4, 1),
+    NUM("beta", beta, 50.0, 0.0, 1e4, 1),
+    NUM("base", base, 0.5, -100.0, 100.0, 0),
+    END,
+};
+static const struct opt tm_miner_opts[] = {
+    NUM("margin", miner_margin, 0.2, 0.0, 100.0, 0),
+    ENUM("type_of_triplets", type, FT_TRIPLETS_ALL, type_names),
+    END,
+};
+static const struct opt ms_miner_opts[] = {NUM("epsilon", epsilon, 0.1, 0.0, 100.0, 0), END};
+static const struct opt pm_miner_opts[] = {
+    NUM("pos_margin", miner_pos_margin, 0.2, -100.0, 100.0, 0),
+    NUM("neg_margin", miner_neg_margin, 0.8, -100.0, 100.0, 0),
+    END,
+};
+
+#define TRIPLET_MINERS ((1u << MINER_TRIPLET_MARGIN) | (1u << MINER_BATCH_HARD))
+#define PAIR_MINERS ((1u << MINER_MULTI_SIM) | (1u << MINER_PAIR_MARGIN))
+
+struct loss_def {
+    const char *name;
+    enum loss_kind kind;
+    const struct opt *opts;
+    unsigned miners;  /* bit (1 << enum miner_kind) per miner that fits */
+    const char *fits; /* the miners that fit, for messages */
+};
+
+static const struct loss_def loss_defs[] = {
+    {"TripletMarginLoss", LOSS_TRIPLET, triplet_opts, TRIPLET_MINERS,
+     "TripletMarginMiner or BatchHardMiner"},
+    {"ContrastiveLoss", LOSS_CONTRASTIVE, contrastive_opts, PAIR_MINERS,
+     "MultiSimilarityMiner or PairMarginMiner"},
+    {"SiameseLoss", LOSS_CONTRASTIVE, contrastive_opts, PAIR_MINERS,
+     "MultiSimilarityMiner or PairMarginMiner"},
+    {"NTXentLoss", LOSS_NTXENT, ntxent_opts, PAIR_MINERS,
+     "MultiSimilarityMiner or PairMarginMiner"},
+    {"CLIPLoss", LOSS_CLIP, no_opts, 0, "no miner"},
+    {"ArcFaceLoss", LOSS_ARCFACE, arcface_opts, 0, "no miner"},
+    {"MultiSimilarityLoss", LOSS_MULTI_SIM, ms_opts, PAIR_MINERS,
+     "MultiSimilarityMiner or PairMarginMiner"},
+};
+
+struct miner_def {
+    const char *name;
+    enum miner_kind kind;
+    const struct opt *opts;
+};
+
+static const struct miner_def miner_defs[] = {
+    {"TripletMarginMiner", MINER_TRIPLET_MARGIN, tm_miner_opts},
+    {"BatchHardMiner", MINER_BATCH_HARD, no_opts},
+    {"MultiSimilarityMiner", MINER_MULTI_SIM, ms_miner_opts},
+    {"PairMarginMiner", MINER_PAIR_MARGIN, pm_miner_opts},
+};
+
+static const struct loss_def *find_loss(const char *name)
+{
+    for (size_t i = 0; i < sizeof loss_defs / sizeof loss_defs[0]; i++)
+        if (strcmp(loss_defs[i].name, name) == 0)
+            return &loss_defs[i];
+    return NULL;
+}
+
+static const struct miner_def *find_miner(const char *name)
+{
+    for (size_t i = 0; i < sizeof miner_defs / sizeof miner_defs[0]; i++)
+        if (strcmp(miner_defs[i].name, name) == 0)
+            return &miner_defs[i];
+    return NULL;
+}
+
+static double *num_field(struct loss_cfg *c, const struct opt *o)
+{
+    return (double *)((char *)c + o->off);
+}
+
+static int *int_field(struct loss_cfg *c, const struct opt *o)
+{
+    return (int *)((char *)c + o->off);
+}
+
+static void opt_defaults(struct loss_cfg *c, const struct opt *spec)
+{
+    for (const struct opt *o = spec; o->key; o++) {
+        if (o->kind == OPT_NUM)
+            *num_field(c, o) = o->def;
+        else
+            *int_field(c, o) = (int)o->def;
+    }
+}
+
+static const struct opt *opt_find(const struct opt *spec, const char *key)
+{
+    for (const struct opt *o = spec; o->key; o++)
+        if (strcmp(o->key, key) == 0)
+            return o;
+    return NULL;
+}
+
+/* "a, b, c" from a NULL-terminated list of names (or the keys of spec when names is NULL). */
+static void join_names(char *buf, size_t cap, const struct opt *spec, const char *const *names)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; names ? names[i] != NULL : spec[i].key != NULL; i++) {
+        int k =
+            snprintf(buf + len, cap - len, "%s%s", i ? ", " : "", names ? names[i] : spec[i].key);
+        if (k < 0 || (size_t)k >= cap - len)
+            return;
+        len += (size_t)k;
+    }
+}
+
+static enum ft_err opt_number(struct loss_cfg *c, const struct opt *o, json_t *v, const char *p,
+                              struct ft_error *err)
+{
+    if (!json_is_number(v))
+        return ft_error_set(err, FT_EINVAL, p, "%s must be a number", p);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x > o->hi || x < o->lo || (o->lo_open && x <= o->lo))
+        return ft_error_set(err, FT_EINVAL, p, "%s must be in %c%g, %g], got %g", p,
+                            o->lo_open ? '(' : '[', o->lo, o->hi, x);
+    *num_field(c, o) = x;
+    return FT_OK;
+}
+
+static enum ft_err opt_value(struct loss_cfg *c, const struct opt *o, json_t *v, const char *p,
+                             struct ft_error *err)
+{
+    if (o->kind == OPT_NUM)
+        return opt_number(c, o, v, p, err);
+    if (o->kind == OPT_BOOL) {
+        if (!json_is_boolean(v))
+            return ft_error_set(err, FT_EINVAL, p, "%s must be true or false", p);
+        *int_field(c, o) = json_is_true(v);
+        return FT_OK;
+    }
+    for (int i = 0; json_is_string(v) && o->names[i]; i++) {
+        if (strcmp(json_string_value(v), o->names[i]) == 0) {
+            *int_field(c, o) = i;
+            return FT_OK;
+        }
+    }
+    char list[128];
+    join_names(list, sizeof list, NULL, o->names);
+    return ft_error_set(err, FT_EINVAL, p, "%s must be one of: %s", p, list);
+}
+
+/* Defaults of spec into c, then the keys of obj (borrowed; NULL or JSON null = none). A null
+ * value keeps the default. owner names the loss or miner in messages. */
+static enum ft_err parse_opts(struct loss_cfg *c, const struct opt *spec, json_t *obj,
+                              const char *path, const char *owner, struct ft_error *err)
+{
+    const char *key;
+    json_t *v;
+    opt_defaults(c, spec);
+    if (!obj || json_is_null(obj))
+        return FT_OK;
+    if (!json_is_object(obj))
+        return ft_error_set(err, FT_EINVAL, path, "%s must be an object", path);
+    json_object_foreach(obj, key, v)
+    {
+        char p[256], keys[256];
+        snprintf(p, sizeof p, "%s.%s", path, key);
+        const struct opt *o = opt_find(spec, key);
+        if (!o) {
+            join_names(keys, sizeof keys, spec, NULL);
+            return ft_error_set(err, FT_EINVAL, p, "unknown field '%s' in %s (%s takes %s%s)", key,
+                                path, owner, keys[0] ? "" : "no options", keys);
+        }
+        if (json_is_null(v))
+            continue;
+        enum ft_err e = opt_value(c, o, v, p, err);
+        if (e != FT_OK)
+            return e;
+    }
+    return FT_OK;
+}
+
+/* The loss half of parse_config: name, options and their cross-checks. */
+static enum ft_err parse_loss_part(const char *name, json_t *options, struct loss_cfg *c,
+                                   const struct loss_def **ld, struct ft_error *err)
+{
+    *ld = find_loss(name ? name : "TripletMarginLoss");
+    if (!*ld)
+        return ft_error_set(err, FT_EINVAL, LOSS_PATH, "unknown loss '%s' (known: %s)", name,
+                            KNOWN_LOSSES);
+    c->loss = (*ld)->kind;
+    c->distance = FT_DIST_COSINE; /* NTXentLoss, MultiSimilarityLoss; others set their own */
+    enum ft_err e = parse_opts(c, (*ld)->opts, options, LOSS_OPTS_PATH, (*ld)->name, err);
+    if (e != FT_OK)
+        return e;
+    if ((c->loss == LOSS_TRIPLET || c->loss == LOSS_CONTRASTIVE) && c->distance == FT_DIST_COSINE &&
+        !c->normalize)
+        return ft_error_set(err, FT_EINVAL, LOSS_OPTS_PATH ".normalize_embeddings",
+                            "normalize_embeddings must be true with distance cosine (cosine "
+                            "similarity always normalises); use distance euclidean for raw "
+                            "embeddings");
+    return FT_OK;
+}
+
+/* Parse and validate everything into c; *md = NULL without a miner. */
+static enum ft_err parse_config(const char *name, json_t *options, const char *miner,
+                                json_t *miner_options, struct loss_cfg *c,
+                                const struct loss_def **ld, const struct miner_def **md,
+                                struct ft_error *err)
+{
+    memset(c, 0, sizeof *c);
+    *md = NULL;
+    enum ft_err e = parse_loss_part(name, options, c, ld, err);
+    if (e != FT_OK)
+        return e;
+    if (!miner) {
+        if (miner_options && !json_is_null(miner_options))
+            return ft_error_set(err, FT_EINVAL, MINER_OPTS_PATH,
+                                "miner_options given without a miner");
+        return FT_OK;
+    }
+    *md = find_miner(miner);
+    if (!*md)
+        return ft_error_set(err, FT_EINVAL, MINER_PATH, "unknown miner '%s' (known: %s)", miner,
+                            KNOWN_MINERS);
+    if (!((*ld)->miners & (1u << (*md)->kind)))
+        return ft_error_set(err, FT_EINVAL, MINER_PATH,
+                            "miner %s does not fit loss %s (%s takes %s)", (*md)->name, (*ld)->name,
+                            (*ld)->name, (*ld)->fits);
+    c->miner = (*md)->kind;
+    return parse_opts(c, (*md)->opts, miner_options, MINER_OPTS_PATH, (*md)->name, err);
+}
+
+/* New object with every option of spec (numbers as reals). */
+static json_t *opts_json(struct loss_cfg *c, const struct opt *spec)
+{
+    json_t *obj = json_object();
+    for (const struct opt *o = spec; obj && o->key; o++) {
+        json_t *v;
+        if (o->kind == OPT_NUM)
+            v = json_real(*num_field(c, o));
+        else if (o->kind == OPT_BOOL)
+            v = json_boolean(*int_field(c, o));
+        else
+            v = json_string(o->names[*int_field(c, o)]);
+        json_object_set_new(obj, o->key, v);
+    }
+    return obj;
+}
+
+enum ft_err ft_loss_check(const char *name, json_t *options, const char *miner,
+                          json_t *miner_options, json_t **norm_options, json_t **norm_miner_options,
+                          struct ft_error *err)
+{
+    struct loss_cfg c;
+    const struct loss_def *ld;
+    const struct miner_def *md;
+    if (norm_options)
+        *norm_options = NULL;
+    if (norm_miner_options)
+        *norm_miner_options = NULL;
+    enum ft_err e = parse_config(name, options, miner, miner_options, &c, &ld, &md, err);
+    if (e != FT_OK)
+        return e;
+    if (norm_options)
+        *norm_options = opts_json(&c, ld->opts);
+    if (norm_miner_options)
+        *norm_miner_options = md ? opts_json(&c, md->opts) : json_null();
+    return FT_OK;
+}
+
+/* ---- the loss object ---- */
+
+enum { NSLOT = 12, NINTER = 4 };
+
+struct ft_loss {
+    struct loss_cfg cfg;
+    int dim, num_classes;
+    float *w, *gw;          /* ArcFaceLoss W (num_classes, dim) and its gradient */
+    struct work work;       /* distances (grown on demand) */
+    void *slot[NSLOT];      /* per-loss scratch, grown on demand */
+    size_t slot_cap[NSLOT]; /* bytes */
+    struct {                /* intermediates of the last compute (ft_loss_intermediate) */
+        const char *name;
+        const float *data;
+        size_t n;
+    } inter[NINTER];
+    int num_inter;
+};
+
+/* Scratch slot s holding at least bytes (contents kept only while it does not grow); NULL on
+ * ENOMEM. */
+static void *slot(ft_loss *l, int s, size_t bytes)
+{
+    if (l->slot[s] && bytes <= l->slot_cap[s])
+        return l->slot[s];
+    free(l->slot[s]);
+    l->slot[s] = malloc(bytes ? bytes : 1);
+    l->slot_cap[s] = l->slot[s] ? bytes : 0;
+    return l->slot[s];
+}
+
+static float *fslot(ft_loss *l, int s, size_t n)
+{
+    return slot(l, s, n * sizeof(float));
+}
+
+static void add_inter(ft_loss *l, const char *name, const float *data, size_t n)
+{
+    FT_ASSERT(l->num_inter < NINTER);
+    l->inter[l->num_inter].name = name;
+    l->inter[l->num_inter].data = data;
+    l->inter[l->num_inter].n = n;
+    l->num_inter++;
+}
+
+/* N(0, 1) by Box-Muller from ft_rng seeded with seed. */
+static void normal_fill(float *w, size_t n, uint64_t seed)
+{
+    struct ft_rng rng;
+    ft_rng_seed(&rng, seed);
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = ft_rng_uniform(&rng), u2 = ft_rng_uniform(&rng);
+        double r = sqrt(-2.0 * log(1.0 - u1)), t = 2.0 * PI * u2;
+        w[i] = (float)(r * cos(t));
+        if (i + 1 < n)
+            w[i + 1] = (float)(r * sin(t));
+    }
+}
+
+static enum ft_err arcface_init(ft_loss *l, int dim, int num_classes, uint64_t seed,
+                                struct ft_error *err)
+{
+    if (dim < 1 || num_classes < 1)
+        return ft_error_set(err, FT_EINVAL, LOSS_PATH,
+                            "ArcFaceLoss needs the embedding size and at least one class (got "
+                            "dim %d, %d classes)",
+                            dim, num_classes);
+    size_t n = (size_t)num_classes * (size_t)dim;
+    l->w = malloc(n * sizeof *l->w);
+    l->gw = calloc(n, sizeof *l->gw);
+    if (!l->w || !l->gw)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory for ArcFaceLoss W");
+    normal_fill(l->w, n, seed);
+    return FT_OK;
+}
+
+enum ft_err ft_loss_new(const char *name, json_t *options, const char *miner, json_t *miner_options,
+                        int dim, int num_classes, uint64_t seed, ft_loss **out,
+                        struct ft_error *err)
+{
+    struct loss_cfg c;
+    const struct loss_def *ld;
+    const struct miner_def *md;
+    *out = NULL;
+    enum ft_err e = parse_config(name, options, miner, miner_options, &c, &ld, &md, err);
+    if (e != FT_OK)
+        return e;
+    ft_loss *l = calloc(1, sizeof *l);
+    if (!l)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    l->cfg = c;
+    l->dim = dim;
+    l->num_classes = num_classes;
+    if (c.loss == LOSS_ARCFACE) {
+        e = arcface_init(l, dim, num_classes, seed, err);
+        if (e != FT_OK) {
+            ft_loss_free(l);
+            return e;
+        }
+    }
+    *out = l;
+    return FT_OK;
+}
+
+void ft_loss_free(ft_loss *l)
+{
+    if (!l)
+        return;
+    free(l->w);
+    free(l->gw);
+    work_free(&l->work);
+    for (int i = 0; i < NSLOT; i++)
+        free(l->slot[i]);
+    free(l);
+}
+
+size_t ft_loss_num_params(const ft_loss *l)
+{
+    return l->w ? (size_t)l->num_classes * (size_t)l->dim : 0;
+}
+
+float *ft_loss_params(ft_loss *l)
+{
+    return l->w;
+}
+
+float *ft_loss_grads(ft_loss *l)
+{
+    return l->gw;
+}
+
+void ft_loss_zero_grad(ft_loss *l)
+{
+    if (l->gw)
+        memset(l->gw, 0, ft_loss_num_params(l) * sizeof *l->gw);
+}
+
+int ft_loss_items_per_class(const ft_loss *l)
+{
+    return l->cfg.loss == LOSS_CLIP ? 2 : 0;
+}
+
+const float *ft_loss_intermediate(const ft_loss *l, const char *name, size_t *n)
+{
+    for (int i = 0; i < l->num_inter; i++) {
+        if (strcmp(l->inter[i].name, name) == 0) {
+            if (n)
+                *n = l->inter[i].n;
+            return l->inter[i].data;
+        }
+    }
+    if (n)
+        *n = 0;
+    return NULL;
+}
+
+/* ---- compute: shared ---- */
+
+static int all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return 0;
+    return 1;
+}
+
+static int loss_euclidean(const struct loss_cfg *c)
+{
+    return (c->loss == LOSS_TRIPLET || c->loss == LOSS_CONTRASTIVE) &&
+           c->distance == FT_DIST_EUCLIDEAN;
+}
+
+/* Distance matrix of emb (B, D) into l->work, registered as "dist_matrix"; dd zeroed when grad.
+ * *finite = 0 when some distance is not finite. Errors: FT_ENOMEM. */
+static enum ft_err dist_prepare(ft_loss *l, const float *emb, int B, int D, int grad, int *finite)
+{
+    struct work *w = &l->work;
+    if (!work_reserve(w, B, D, loss_euclidean(&l->cfg), l->cfg.normalize))
+        return FT_ENOMEM;
+    compute_dist(w, emb);
+    if (grad)
+        memset(w->dd, 0, (size_t)B * B * sizeof *w->dd);
+    add_inter(l, "dist_matrix", w->dist, (size_t)B * B);
+    *finite = !w->nonfinite;
+    return FT_OK;
+}
+
+/* Similarity (cosine: s = 1 - d) or distance (euclidean) of pair (i, j): what pml's distance
+ * object returns, so margins and miner rules compare against it. */
+static float measure(const struct work *w, int i, int j)
+{
+    float d = w->dist[(size_t)i * w->B + j];
+    return w->euclidean ? d : 1.0f - d;
+}
+
+/* ---- TripletMarginLoss: the enumerating path (swap, smooth_loss, BatchHardMiner) ---- */
+
+struct triplet_mode {
+    int swap, smooth, batch_hard;
+};
+
+static struct ft_triplet_opts triplet_opts_of(const struct loss_cfg *c)
+{
+    struct ft_triplet_opts o;
+    ft_triplet_opts_default(&o);
+    o.margin = c->margin;
+    o.distance = (enum ft_distance)c->distance;
+    o.normalize_embeddings = c->normalize;
+    o.use_miner = c->miner == MINER_TRIPLET_MARGIN;
+    o.miner_margin = c->miner_margin;
+    o.type = (enum ft_triplet_type)c->type;
+    return o;
+}
+
+/* torch.nn.functional.softplus (beta 1) of x without overflow, in float as torch's float32;
+ * *grad = its derivative sigmoid(x). One expf and one log1pf. */
+static float softplus(float x, float *grad)
+{
+    float e = expf(-fabsf(x));
+    *grad = x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+    return (x > 0.0f ? x : 0.0f) + log1pf(e);
+}
+
+/* One triplet (pml TripletMarginLoss.compute_loss): with swap the negative distance is
+ * min(d(a,n), d(p,n)) (pml distance.smallest_dist); violation v = d(a,p) - d(a,n) + margin;
+ * loss relu(v) or softplus(v) (smooth_loss). Adds to t and, when dd, +g at (a,p) and -g at the
+ * negative's pair, g = d loss / d v. */
+static void triplet_term(struct tally *t, float *dd, const struct work *w, int a, int p, int n,
+                         const struct triplet_mode *m, float margin)
+{
+    size_t B = (size_t)w->B;
+    int from = a;
+    float dap = w->dist[a * B + p], dan = w->dist[a * B + n];
+    if (m->swap && w->dist[p * B + n] < dan) {
+        dan = w->dist[p * B + n];
+        from = p;
+    }
+    float v = dap - dan + margin, g = 1.0f;
+    float l = m->smooth ? softplus(v, &g) : (v > 0.0f ? v : 0.0f);
+    t->kept++;
+    if (!(l > 0.0f)) /* AvgNonZero counts losses > 0 */
+        return;
+    t->nonzero++;
+    t->loss += l;
+    if (!dd)
+        return;
+    dd[a * B + p] += g;
+    dd[from * B + n] -= g;
+}
+
+/* pml BatchHardMiner for anchor a: the farthest positive and the nearest negative (the first
+ * index on ties); 0 when a has no positive or no negative. */
+static int batch_hard(const float *drow, const int32_t *labels, int a, int B, int *p, int *n)
+{
+    *p = -1;
+    *n = -1;
+    for (int j = 0; j < B; j++) {
+        if (j == a)
+            continue;
+        if (labels[j] == labels[a]) {
+            if (*p < 0 || drow[j] > drow[*p])
+                *p = j;
+        } else if (*n < 0 || drow[j] < drow[*n]) {
+            *n = j;
+        }
+    }
+    return *p >= 0 && *n >= 0;
+}
+
+/* Every triplet the miner keeps (BatchHardMiner: one per anchor), one at a time: O(B * P * N)
+ * per batch, for the variants the sorted sweep cannot do. */
+static void triplet_enumerate(struct tally *t, float *dd, const struct work *w,
+                              const int32_t *labels, const struct ft_triplet_opts *o,
+                              const struct triplet_mode *m)
+{
+    int B = w->B;
+    struct miner_bounds mb = miner_bounds(o);
+    float margin = (float)o->margin;
+    memset(t, 0, sizeof *t);
+    for (int a = 0; a < B; a++) {
+        const float *drow = w->dist + (size_t)a * B;
+        int p, n;
+        if (m->batch_hard) {
+            if (batch_hard(drow, labels, a, B, &p, &n))
+                triplet_term(t, dd, w, a, p, n, m, margin);
+            continue;
+        }
+        for (p = 0; p < B; p++) {
+            if (p == a || labels[p] != labels[a])
+                continue;
+            for (n = 0; n < B; n++) {
+                float mm = drow[n] - drow[p];
+                if (labels[n] != labels[a] && mm > mb.lo && mm <= mb.hi)
+                    triplet_term(t, dd, w, a, p, n, m, margin);
+            }
+        }
+    }
+}
+
+static enum ft_err triplet_compute(ft_loss *l, const float *emb, const int32_t *labels, int B,
+                                   int D, float *loss, float *demb, struct ft_loss_stats *st)
+{
+    struct ft_triplet_opts o = triplet_opts_of(&l->cfg);
+    struct triplet_mode m = {l->cfg.swap, l->cfg.smooth, l->cfg.miner == MINER_BATCH_HARD};
+    struct work *w = &l->work;
+    struct tally t;
+    int finite;
+    enum ft_err e = dist_prepare(l, emb, B, D, demb != NULL, &finite);
+    if (e != FT_OK || !finite) {
+        *loss = e == FT_OK ? NAN : 0.0f;
+        return e;
+    }
+    float *dd = demb ? w->dd : NULL;
+    if (m.swap || m.smooth || m.batch_hard)
+        triplet_enumerate(&t, dd, w, labels, &o, &m);
+    else if (!triplet_pass(&t, dd, w, labels, &o))
+        return FT_ENOMEM;
+    st->num_triplets = t.kept;
+    st->num_nonzero = t.nonzero;
+    if (t.nonzero == 0)
+        return FT_OK;
+    *loss = (float)(t.loss / (double)t.nonzero);
+    if (demb) {
+        scale(w->dd, (size_t)B * B, (float)(1.0 / (double)t.nonzero));
+        backward(demb, w);
+    }
+    return FT_OK;
+}
+
+/* ---- pair selection: every pair, or a pair miner's ---- */
+
+/* mask (B, B): 1 for a positive pair (i != j, same label), 2 for a negative pair. */
+static void all_pairs(uint8_t *mask, const int32_t *labels, int B)
+{
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < B; j++)
+            mask[(size_t)i * B + j] = i == j ? 0 : labels[i] == labels[j] ? 1 : 2;
+}
+
+/* pml PairMarginMiner: similarity s: keep positives s < pos_margin, negatives s > neg_margin;
+ * distance d: keep positives d > pos_margin, negatives d < neg_margin. */
+static void pair_margin_filter(uint8_t *mask, const struct work *w, const struct loss_cfg *c)
+{
+    float pm = (float)c->miner_pos_margin, nm = (float)c->miner_neg_margin;
+    int inv = !w->euclidean, B = w->B;
+    for (int i = 0; i < B; i++) {
+        for (int j = 0; j < B; j++) {
+            uint8_t *k = mask + (size_t)i * B + j;
+            float v = measure(w, i, j);
+            if ((*k == 1 && !(inv ? v < pm : v > pm)) || (*k == 2 && !(inv ? v > nm : v < nm)))
+                *k = 0;
+        }
+    }
+}
+
+/* pml MultiSimilarityMiner on row a (see loss.h): extremes of the positives and negatives,
+ * then the epsilon rule against the other set's extreme. */
+static void ms_filter_row(uint8_t *mrow, const struct work *w, int a, float eps)
+{
+    int inv = !w->euclidean, B = w->B;
+    float pos_lo = INFINITY, pos_hi = -INFINITY, neg_lo = INFINITY, neg_hi = -INFINITY;
+    for (int j = 0; j < B; j++) {
+        float v = measure(w, a, j);
+        if (mrow[j] == 1) {
+            pos_lo = v < pos_lo ? v : pos_lo;
+            pos_hi = v > pos_hi ? v : pos_hi;
+        } else if (mrow[j] == 2) {
+            neg_lo = v < neg_lo ? v : neg_lo;
+            neg_hi = v > neg_hi ? v : neg_hi;
+        }
+    }
+    for (int j = 0; j < B; j++) {
+        float v = measure(w, a, j);
+        if (mrow[j] == 1 && !(inv ? v - eps < neg_hi : v + eps > neg_lo))
+            mrow[j] = 0;
+        else if (mrow[j] == 2 && !(inv ? v + eps > pos_lo : v - eps < pos_hi))
+            mrow[j] = 0;
+    }
+}
+
+static void count_pairs(const uint8_t *mask, int B, int64_t *npos, int64_t *nneg)
+{
+    *npos = 0;
+    *nneg = 0;
+    for (size_t i = 0; i < (size_t)B * B; i++) {
+        *npos += mask[i] == 1;
+        *nneg += mask[i] == 2;
+    }
+}
+
+/* The pairs the loss uses (in scratch slot 0, valid until the next compute); their counts into
+ * st. NULL on ENOMEM. Needs l->work's distances. */
+static uint8_t *pair_selection(ft_loss *l, const int32_t *labels, int B, struct ft_loss_stats *st)
+{
+    uint8_t *mask = slot(l, 0, (size_t)B * B);
+    if (!mask)
+        return NULL;
+    all_pairs(mask, labels, B);
+    if (l->cfg.miner == MINER_PAIR_MARGIN)
+        pair_margin_filter(mask, &l->work, &l->cfg);
+    if (l->cfg.miner == MINER_MULTI_SIM) {
+        count_pairs(mask, B, &st->num_pos_pairs, &st->num_neg_pairs);
+        if (st->num_pos_pairs == 0 || st->num_neg_pairs == 0) /* pml: nothing mined */
+            memset(mask, 0, (size_t)B * B);
+        for (int a = 0; a < B && st->num_pos_pairs && st->num_neg_pairs; a++)
+            ms_filter_row(mask + (size_t)a * B, &l->work, a, (float)l->cfg.epsilon);
+    }
+    count_pairs(mask, B, &st->num_pos_pairs, &st->num_neg_pairs);
+    return mask;
+}
+
+/* ---- ContrastiveLoss ---- */
+
+/* pml ContrastiveLoss: per pair relu(d - pos_margin) / relu(neg_margin - d) (similarity:
+ * relu(pos_margin - s) / relu(s - neg_margin)); each half AvgNonZero, then added. dd (when
+ * non-NULL, zeroed) gets d loss / d distance: +1/num_pos_nonzero or -1/num_neg_nonzero. */
+static double contrastive_pass(const uint8_t *mask, const struct work *w, const struct loss_cfg *c,
+                               float *dd, struct ft_loss_stats *st)
+{
+    size_t BB = (size_t)w->B * w->B;
+    int inv = !w->euclidean;
+    float pm = (float)c->pos_margin, nm = (float)c->neg_margin;
+    double sum[2] = {0.0, 0.0};
+    int64_t nz[2] = {0, 0};
+    for (size_t ij = 0; ij < BB; ij++) {
+        if (!mask[ij])
+            continue;
+        float v = inv ? 1.0f - w->dist[ij] : w->dist[ij];
+        int neg = mask[ij] == 2;
+        float x = neg ? (inv ? v - nm : nm - v) : (inv ? pm - v : v - pm);
+        if (!(x > 0.0f))
+            continue;
+        sum[neg] += x;
+        nz[neg]++;
+        if (dd)
+            dd[ij] = neg ? -1.0f : 1.0f;
+    }
+    st->num_pos_nonzero = nz[0];
+    st->num_neg_nonzero = nz[1];
+    st->pos_loss = nz[0] ? sum[0] / (double)nz[0] : 0.0;
+    st->neg_loss = nz[1] ? sum[1] / (double)nz[1] : 0.0;
+    for (size_t ij = 0; dd && ij < BB; ij++) {
+        if (dd[ij] > 0.0f)
+            dd[ij] = (float)(1.0 / (double)nz[0]);
+        else if (dd[ij] < 0.0f)
+            dd[ij] = (float)(-1.0 / (double)nz[1]);
+    }
+    return st->pos_loss + st->neg_loss;
+}
+
+/* ---- NTXentLoss ---- */
+
+/* Anchor i's negatives: M = max z, S = sum exp(z - M) with z = s / temperature (S = 0 and
+ * M = -inf when it has none). */
+static void ntxent_negatives(const uint8_t *mrow, const struct work *w, int i, double inv_t,
+                             double *M, double *S)
+{
+    *M = -INFINITY;
+    *S = 0.0;
+    for (int k = 0; k < w->B; k++)
+        if (mrow[k] == 2 && measure(w, i, k) * inv_t > *M)
+            *M = measure(w, i, k) * inv_t;
+    for (int k = 0; k < w->B; k++)
+        if (mrow[k] == 2)
+            *S += exp(measure(w, i, k) * inv_t - *M);
+}
+
+/* One anchor: the loss of each of its positive pairs into pl (advanced), their sum returned;
+ * with ddrow, d loss / d distance for the row (the mean over P pairs: scale 1/P). pml
+ * NTXentLoss: l(i,j) = -log(exp(z_ij) / (exp(z_ij) + sum_k exp(z_ik))), k over i's negatives. */
+static double ntxent_row(const uint8_t *mrow, const struct work *w, int i, double inv_t,
+                         double inv_p, float **pl, float *ddrow)
+{
+    double M, S, sum = 0.0, wsum = 0.0;
+    ntxent_negatives(mrow, w, i, inv_t, &M, &S);
+    for (int j = 0; j < w->B; j++) {
+        if (mrow[j] != 1)
+            continue;
+        double z = measure(w, i, j) * inv_t, m = z > M ? z : M;
+        double ez = exp(z - m), den = ez + (S > 0.0 ? S * exp(M - m) : 0.0);
+        double lij = log(den) - (z - m);
+        *(*pl)++ = (float)lij;
+        sum += lij;
+        if (ddrow) { /* dL/dz_ij = p - 1; dL/dd = -dL/ds = -dL/dz / temperature */
+            ddrow[j] = (float)(-(ez / den - 1.0) * inv_t * inv_p);
+            wsum += exp(M - m) / den;
+        }
+    }
+    for (int k = 0; ddrow && S > 0.0 && k < w->B; k++)
+        if (mrow[k] == 2) /* dL/dz_ik = sum_j exp(z_ik) / den_ij */
+            ddrow[k] = (float)(-exp(measure(w, i, k) * inv_t - M) * wsum * inv_t * inv_p);
+    return sum;
+}
+
+/* Mean over the positive pairs; 0 without negatives (pml returns zero losses then). */
+static enum ft_err ntxent_pass(ft_loss *l, const uint8_t *mask, float *dd,
+                               const struct ft_loss_stats *st, double *value)
+{
+    const struct work *w = &l->work;
+    int64_t P = st->num_pos_pairs;
+    *value = 0.0;
+    if (P == 0 || st->num_neg_pairs == 0)
+        return FT_OK;
+    float *pl = fslot(l, 1, (size_t)P);
+    if (!pl)
+        return FT_ENOMEM;
+    add_inter(l, "pair_losses", pl, (size_t)P);
+    double inv_t = 1.0 / l->cfg.temperature, sum = 0.0;
+    for (int i = 0; i < w->B; i++)
+        sum += ntxent_row(mask + (size_t)i * w->B, w, i, inv_t, 1.0 / (double)P, &pl,
+                          dd ? dd + (size_t)i * w->B : NULL);
+    *value = sum / (double)P;
+    return FT_OK;
+}
+
+/* ---- MultiSimilarityLoss ---- */
+
+/* log(1 + sum_j exp(x_j)) over the row's pairs of kind, x_j = k (s_ij - base), max-shifted (pml
+ * lmu.logsumexp with add_one); 0 when the set is empty. With grow, adds gscale * exp(x_j) /
+ * (1 + sum exp x) to grow[j]. */
+static double lse1_row(const uint8_t *mrow, const struct work *w, int i, uint8_t kind, double k,
+                       double base, float *grow, double gscale)
+{
+    double m = 0.0, S;
+    int any = 0;
+    for (int j = 0; j < w->B; j++) {
+        if (mrow[j] == kind) {
+            double x = k * (measure(w, i, j) - base);
+            m = x > m ? x : m;
+            any = 1;
+        }
+    }
+    if (!any)
+        return 0.0;
+    S = exp(-m);
+    for (int j = 0; j < w->B; j++)
+        if (mrow[j] == kind)
+            S += exp(k * (measure(w, i, j) - base) - m);
+    for (int j = 0; grow && j < w->B; j++)
+        if (mrow[j] == kind)
+            grow[j] += (float)(gscale * exp(k * (measure(w, i, j) - base) - m) / S);
+    return m + log(S);
+}
+
+/* pml MultiSimilarityLoss: l_i = (1/alpha) log(1 + sum_P exp(-alpha (s - base))) + (1/beta)
+ * log(1 + sum_N exp(beta (s - base))), mean over all B items. dd = -dL/ds. */
+static enum ft_err ms_pass(ft_loss *l, const uint8_t *mask, float *dd, double *value)
+{
+    const struct work *w = &l->work;
+    int B = w->B;
+    double a = l->cfg.alpha, b = l->cfg.beta, base = l->cfg.base, sum = 0.0;
+    float *per_item = fslot(l, 1, (size_t)B);
+    if (!per_item)
+        return FT_ENOMEM;
+    add_inter(l, "per_item_loss", per_item, (size_t)B);
+    for (int i = 0; i < B; i++) {
+        const uint8_t *mrow = mask + (size_t)i * B;
+        float *grow = dd ? dd + (size_t)i * B : NULL;
+        double lp = lse1_row(mrow, w, i, 1, -a, base, grow, 1.0 / B) / a;
+        double ln = lse1_row(mrow, w, i, 2, b, base, grow, -1.0 / B) / b;
+        per_item[i] = (float)(lp + ln);
+        sum += lp + ln;
+    }
+    *value = sum / B;
+    return FT_OK;
+}
+
+/* ContrastiveLoss, NTXentLoss, MultiSimilarityLoss: distances, pair selection, the loss's pass
+ * filling dd, then one backward through the distances. */
+static enum ft_err pair_compute(ft_loss *l, const float *emb, const int32_t *labels, int B, int D,
+                                float *loss, float *demb, struct ft_loss_stats *st)
+{
+    int finite;
+    double value = 0.0;
+    enum ft_err e = dist_prepare(l, emb, B, D, demb != NULL, &finite);
+    if (e != FT_OK || !finite) {
+        *loss = e == FT_OK ? NAN : 0.0f;
+        return e;
+    }
+    uint8_t *mask = pair_selection(l, labels, B, st);
+    if (!mask)
+        return FT_ENOMEM;
+    if (st->num_pos_pairs <= 1 && st->num_neg_pairs <= 1) /* pml GenericPairLoss: zero */
+        return FT_OK;
+    float *dd = demb ? l->work.dd : NULL;
+    if (l->cfg.loss == LOSS_CONTRASTIVE)
+        value = contrastive_pass(mask, &l->work, &l->cfg, dd, st);
+    else if (l->cfg.loss == LOSS_NTXENT)
+        e = ntxent_pass(l, mask, dd, st, &value);
+    else
+        e = ms_pass(l, mask, dd, &value);
+    if (e != FT_OK)
+        return e;
+    *loss = (float)value;
+    if (demb)
+        backward(demb, &l->work);
+    return FT_OK;
+}
+
+/* ---- CLIPLoss ---- */
+
+/* Pair the batch up: every label must have exactly two items; row r of the n = B/2 rows is a
+ * label (in order of its first item) with img[r] = its first item, txt[r] = its second. The
+ * rows live in scratch slot 2 (img = rows, txt = rows + n). Errors: FT_EINVAL, FT_ENOMEM. */
+static enum ft_err clip_rows(ft_loss *l, const int32_t *labels, int B)
+{
+    uint64_t *keys = slot(l, 0, (size_t)B * sizeof *keys);
+    uint64_t *tmp = slot(l, 1, (size_t)B * sizeof *tmp);
+    int *rows = slot(l, 2, (size_t)B * sizeof *rows),
+        *second = slot(l, 9, (size_t)B * sizeof *rows);
+    if (!keys || !tmp || !rows || !second)
+        return FT_ENOMEM;
+    if (B % 2)
+        return FT_EINVAL;
+    for (int i = 0; i < B; i++) {
+        keys[i] = ((uint64_t)((uint32_t)labels[i] ^ 0x80000000u) << 32) | (uint32_t)i;
+        second[i] = -1;
+    }
+    radix_sort_hi(keys, tmp, B); /* stable: a label's items stay in index order */
+    for (int k = 0; k < B; k += 2) {
+        if ((keys[k] >> 32) != (keys[k + 1] >> 32) ||
+            (k + 2 < B && (keys[k + 2] >> 32) == (keys[k] >> 32)))
+            return FT_EINVAL;
+        second[keys[k] & 0xffffffffu] = (int)(keys[k + 1] & 0xffffffffu);
+    }
+    for (int i = 0, r = 0; i < B; i++) {
+        if (second[i] >= 0) {
+            rows[r] = i;
+            rows[B / 2 + r] = second[i];
+            r++;
+        }
+    }
+    return FT_OK;
+}
+
+/* max-shifted logsumexp of n values v[0], v[stride], ... */
+static double lse_strided(const float *v, int n, int stride)
+{
+    double m = -INFINITY, s = 0.0;
+    for (int i = 0; i < n; i++)
+        m = v[(size_t)i * stride] > m ? v[(size_t)i * stride] : m;
+    for (int i = 0; i < n; i++)
+        s += exp(v[(size_t)i * stride] - m);
+    return m + log(s);
+}
+
+/* (CE(L, diag) + CE(L^T, diag)) / 2 for logits L (n, n); G (n, n) = d loss / d L. */
+static double clip_ce(const float *L, float *G, int n)
+{
+    double loss = 0.0, inv = 1.0 / (2.0 * n);
+    for (int r = 0; r < n; r++) {
+        const float *row = L + (size_t)r * n;
+        double lse = lse_strided(row, n, 1);
+        loss += lse - row[r];
+        for (int c = 0; c < n; c++)
+            G[(size_t)r * n + c] = (float)((exp(row[c] - lse) - (r == c)) * inv);
+    }
+    for (int c = 0; c < n; c++) {
+        double lse = lse_strided(L + c, n, n);
+        loss += lse - L[(size_t)c * n + c];
+        for (int r = 0; r < n; r++)
+            G[(size_t)r * n + c] += (float)((exp(L[(size_t)r * n + c] - lse) - (r == c)) * inv);
+    }
+    return loss * inv;
+}
+
+/* Finetuner CLIPLoss on the rows clip_rows made: logits = (1/0.07) img txt^T, symmetric CE.
+ * No normalisation here (the model's l2 option gives unit vectors). */
+static enum ft_err clip_compute(ft_loss *l, const float *emb, int B, int D, float *loss,
+                                float *demb)
+{
+    const int *img = l->slot[2], *txt = img + B / 2; /* from clip_rows (validate_batch) */
+    int n = B / 2;
+    float s = (float)(1.0 / 0.07);
+    float *xi = fslot(l, 3, (size_t)n * D), *xt = fslot(l, 4, (size_t)n * D);
+    float *L = fslot(l, 5, (size_t)n * n), *G = fslot(l, 6, (size_t)n * n);
+    float *gi = fslot(l, 7, (size_t)n * D), *gt = fslot(l, 8, (size_t)n * D);
+    if (!xi || !xt || !L || !G || !gi || !gt)
+        return FT_ENOMEM;
+    for (int r = 0; r < n; r++) {
+        memcpy(xi + (size_t)r * D, emb + (size_t)img[r] * D, (size_t)D * sizeof *emb);
+        memcpy(xt + (size_t)r * D, emb + (size_t)txt[r] * D, (size_t)D * sizeof *emb);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, D, s, xi, D, xt, D, 0.0f, L, n);
+    add_inter(l, "logits", L, (size_t)n * n);
+    *loss = (float)clip_ce(L, G, n);
+    if (!demb)
+        return FT_OK;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, D, n, s, G, n, xt, D, 0.0f, gi, D);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, D, n, s, G, n, xi, D, 0.0f, gt, D);
+    for (int r = 0; r < n; r++) {
+        memcpy(demb + (size_t)img[r] * D, gi + (size_t)r * D, (size_t)D * sizeof *demb);
+        memcpy(demb + (size_t)txt[r] * D, gt + (size_t)r * D, (size_t)D * sizeof *demb);
+    }
+    return FT_OK;
+}
+
+/* ---- ArcFaceLoss ---- */
+
+/* Row i of pml ArcFaceLoss (>= 1.7): theta = acos(clamp(cos_y, -1, 1)); target logit
+ * cos(theta + m) if theta <= pi - m, else cos(theta) - m sin(m); logits * scale into lrow; returns
+ * CE(lrow, y). With dcrow, d loss_i / d cos * inv_b (the target through dt/dcos: sin(theta + m)
+ * / sin(theta), resp. 1; 0 outside the clamp). */
+static double arcface_row(const float *crow, float *lrow, float *dcrow, float *angle, int C, int y,
+                          double m, double scale, double inv_b)
+{
+    double c = crow[y], cl = c < -1.0 ? -1.0 : c > 1.0 ? 1.0 : c;
+    double th = acos(cl), t, dt;
+    if (th <= PI - m) {
+        t = cos(th + m);
+        dt = (c > -1.0 && c < 1.0) ? sin(th + m) / sin(th) : 0.0;
+    } else {
+        t = cl - m * sin(m);
+        dt = (c >= -1.0 && c <= 1.0) ? 1.0 : 0.0;
+    }
+    *angle = (float)th;
+    for (int k = 0; k < C; k++)
+        lrow[k] = (float)(scale * (k == y ? t : (double)crow[k]));
+    double lse = lse_strided(lrow, C, 1);
+    for (int k = 0; dcrow && k < C; k++) {
+        double g = (exp(lrow[k] - lse) - (k == y)) * inv_b * scale;
+        dcrow[k] = (float)(k == y ? g * dt : g);
+    }
+    return lse - lrow[y];
+}
+
+/* dcos (B, C) back to demb (written) and W's gradient (accumulated), through both
+ * normalisations. */
+static enum ft_err arcface_backward(ft_loss *l, float *demb, const float *xn, const float *xnorm,
+                                    const float *wn, const float *wnorm, const float *dcos, int B)
+{
+    int C = l->num_classes, D = l->dim;
+    float *dxn = fslot(l, 8, (size_t)B * D), *dwn = fslot(l, 9, (size_t)C * D);
+    if (!dxn || !dwn)
+        return FT_ENOMEM;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, C, 1.0f, dcos, C, wn, D, 0.0f, dxn,
+                D);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, D, B, 1.0f, dcos, C, xn, D, 0.0f, dwn,
+                D);
+    ft_l2_normalize_backward(demb, dxn, xn, xnorm, B, D);
+    ft_l2_normalize_backward(dwn, dwn, wn, wnorm, C, D);
+    for (size_t i = 0; i < (size_t)C * D; i++)
+        l->gw[i] += dwn[i];
+    return FT_OK;
+}
+
+static enum ft_err arcface_compute(ft_loss *l, const float *emb, const int32_t *labels, int B,
+                                   float *loss, float *demb)
+{
+    int C = l->num_classes, D = l->dim;
+    size_t bc = (size_t)B * C;
+    float *xn = fslot(l, 0, (size_t)B * D), *xnorm = fslot(l, 1, B);
+    float *wn = fslot(l, 2, (size_t)C * D), *wnorm = fslot(l, 3, C);
+    float *cosm = fslot(l, 4, bc), *lg = fslot(l, 5, bc), *ang = fslot(l, 6, B);
+    float *dcos = fslot(l, 7, bc);
+    if (!xn || !xnorm || !wn || !wnorm || !cosm || !lg || !ang || !dcos)
+        return FT_ENOMEM;
+    ft_l2_normalize_forward(xn, xnorm, emb, B, D);
+    ft_l2_normalize_forward(wn, wnorm, l->w, C, D);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, C, D, 1.0f, xn, D, wn, D, 0.0f, cosm,
+                C);
+    add_inter(l, "cosine", cosm, bc);
+    add_inter(l, "logits", lg, bc);
+    add_inter(l, "target_angle", ang, B);
+    double m = l->cfg.margin * PI / 180.0, sum = 0.0;
+    for (int i = 0; i < B; i++)
+        sum += arcface_row(cosm + (size_t)i * C, lg + (size_t)i * C,
+                           demb ? dcos + (size_t)i * C : NULL, ang + i, C, labels[i], m,
+                           l->cfg.scale, 1.0 / B);
+    *loss = (float)(sum / B);
+    return demb ? arcface_backward(l, demb, xn, xnorm, wn, wnorm, dcos, B) : FT_OK;
+}
+
+/* ---- ft_loss_compute ---- */
+
+/* What needs the batch's shape and labels but not its values: ArcFaceLoss's dim and label
+ * range, CLIPLoss's pairing. */
+static enum ft_err validate_batch(ft_loss *l, const int32_t *labels, int B, int D)
+{
+    if (B < 0 || D < 0)
+        return FT_EINVAL;
+    if (l->cfg.loss == LOSS_ARCFACE) {
+        if (B > 0 && D != l->dim)
+            return FT_EINVAL;
+        for (int i = 0; i < B; i++)
+            if (labels[i] < 0 || labels[i] >= l->num_classes)
+                return FT_EINVAL;
+    }
+    if (l->cfg.loss == LOSS_CLIP)
+        return clip_rows(l, labels, B);
+    return FT_OK;
+}
+
+static enum ft_err dispatch(ft_loss *l, const float *emb, const int32_t *labels, int B, int D,
+                            float *loss, float *demb, struct ft_loss_stats *st)
+{
+    switch (l->cfg.loss) {
+    case LOSS_TRIPLET:
+        return triplet_compute(l, emb, labels, B, D, loss, demb, st);
+    case LOSS_CONTRASTIVE:
+    case LOSS_NTXENT:
+    case LOSS_MULTI_SIM:
+        return pair_compute(l, emb, labels, B, D, loss, demb, st);
+    case LOSS_CLIP:
+        return clip_compute(l, emb, B, D, loss, demb);
+    case LOSS_ARCFACE:
+        return arcface_compute(l, emb, labels, B, loss, demb);
+    }
+    return FT_EINTERNAL;
+}
+
+enum ft_err ft_loss_compute(ft_loss *l, const float *emb, const int32_t *labels, int B, int D,
+                            float *loss, float *demb, struct ft_loss_stats *stats)
+{
+    struct ft_loss_stats st;
+    memset(&st, 0, sizeof st);
+    l->num_inter = 0;
+    *loss = 0.0f;
+    if (demb && B > 0 && D > 0)
+        memset(demb, 0, (size_t)B * D * sizeof *demb);
+    enum ft_err e = validate_batch(l, labels, B, D);
+    if (e == FT_OK && B > 0 && D > 0) {
+        if (all_finite(emb, (size_t)B * D))
+            e = dispatch(l, emb, labels, B, D, loss, demb, &st);
+        else
+            *loss = NAN;
+    }
+    if (e == FT_OK && demb && B > 0 && D > 0 && !isfinite(*loss))
+        memset(demb, 0, (size_t)B * D * sizeof *demb);
+    if (stats)
+        *stats = st;
+    return e;
+}
+
+/* ---- mining, for tests and diagnostics ---- */
+
+enum ft_err ft_loss_mine_triplets(ft_loss *l, const float *emb, const int32_t *labels, int B, int D,
+                                  int64_t *trip, int64_t cap, int64_t *count)
+{
+    *count = 0;
+    l->num_inter = 0;
+    if (l->cfg.loss != LOSS_TRIPLET)
+        return FT_EINVAL;
+    if (B < 3 || D <= 0)
+        return FT_OK;
+    if (l->cfg.miner != MINER_BATCH_HARD) {
+        struct ft_triplet_opts o = triplet_opts_of(&l->cfg);
+        int64_t c = ft_triplet_mine(trip, cap, emb, labels, B, D, &o);
+        *count = c < 0 ? 0 : c;
+        return c < 0 ? FT_ENOMEM : FT_OK;
+    }
+    int finite;
+    enum ft_err e = dist_prepare(l, emb, B, D, 0, &finite);
+    for (int a = 0, p, n; e == FT_OK && a < B; a++) {
+        if (!batch_hard(l->work.dist + (size_t)a * B, labels, a, B, &p, &n))
+            continue;
+        if (*count < cap) {
+            trip[3 * *count] = a;
+            trip[3 * *count + 1] = p;
+            trip[3 * *count + 2] = n;
+        }
+        (*count)++;
+    }
+    return e;
+}
+
+enum ft_err ft_loss_mine_pairs(ft_loss *l, const float *emb, const int32_t *labels, int B, int D,
+                               uint8_t *mask)
+{
+    struct ft_loss_stats st;
+    int finite;
+    l->num_inter = 0;
+    if (l->cfg.loss != LOSS_CONTRASTIVE && l->cfg.loss != LOSS_NTXENT &&
+        l->cfg.loss != LOSS_MULTI_SIM)
+        return FT_EINVAL;
+    if (B <= 0 || D <= 0) {
+        if (B > 0)
+            memset(mask, 0, (size_t)B * B);
+        return FT_OK;
+    }
+    memset(&st, 0, sizeof st);
+    enum ft_err e = dist_prepare(l, emb, B, D, 0, &finite);
+    const uint8_t *sel = e == FT_OK ? pair_selection(l, labels, B, &st) : NULL;
+    if (!sel)
+        return FT_ENOMEM;
+    memcpy(mask, sel, (size_t)B * B);
+    return FT_OK;
 }
