@@ -36,8 +36,10 @@ SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 CLIENT_LIB_OBJ := $(CLIENT_LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SUPPORT_OBJ := $(TEST_SUPPORT_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH_SRC  := $(wildcard tests/bench/bench_*.c)
+BENCH_BIN  := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps test asan demo bench clean format-check
+.PHONY: all deps test asan demo bench bench-quality clean format-check
 all: $(BUILD)/finetunerd $(BUILD)/finetuner $(BUILD)/libfinetuner.a $(BUILD)/libfinetuner.so
 
 $(BUILD)/%.o: %.c
@@ -70,6 +72,11 @@ $(BUILD)/finetuner: $(BUILD)/client/cli.o $(BUILD)/libfinetuner.a
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_SUPPORT_OBJ) $(BUILD)/libftserver.a $(BUILD)/libfinetuner.a $(BUILD)/libftcommon.a
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LDLIBS)
+
+# Benchmarks: tests/bench/bench_<name>.c -> build/bench_<name> (not run by make test).
+$(BUILD)/bench_%: $(BUILD)/tests/bench/bench_%.o $(BUILD)/libftserver.a $(BUILD)/libftcommon.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 tests: $(TEST_BIN) all
 
@@ -104,8 +111,12 @@ demo: deps
 	$(Q)sh deploy/demo.sh
 
 bench: deps
-	$(Q)$(MAKE) --no-print-directory all $(BUILD)/bench
-	$(Q)$(BUILD)/bench
+	$(Q)$(MAKE) --no-print-directory all $(BENCH_BIN)
+
+# Quality on Fashion-MNIST through the real training loop (minutes; issue 3's figures).
+bench-quality: deps
+	$(Q)$(MAKE) --no-print-directory $(BUILD)/bench_quality
+	$(Q)$(BUILD)/bench_quality $(RECIPE)
 
 clean:
 	rm -rf build build-asan

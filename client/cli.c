@@ -10,6 +10,7 @@
 #include "finetuner.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,17 @@
 
 /* ---- flags ------------------------------------------------------------------------------- */
 
-enum opt_kind { OPT_STR, OPT_INT, OPT_DOUBLE, OPT_LLONG, OPT_BOOL, OPT_CALLBACK };
+/* OPT_POS_*: a number that must be > 0 when given (0 would read as "unset" downstream). */
+enum opt_kind {
+    OPT_STR,
+    OPT_INT,
+    OPT_POS_INT,
+    OPT_DOUBLE,
+    OPT_POS_DOUBLE,
+    OPT_LLONG,
+    OPT_BOOL,
+    OPT_CALLBACK
+};
 
 struct opt {
     const char *name;  /* "--epochs" */
@@ -94,7 +105,7 @@ static int parse_double(const char *s, double *out)
 {
     char *end;
     double v = strtod(s, &end);
-    if (*s == '\0' || *end != '\0')
+    if (*s == '\0' || *end != '\0' || !isfinite(v))
         return -1;
     *out = v;
     return 0;
@@ -126,14 +137,18 @@ static int set_opt(const struct opt *o, const char *val)
         *(const char **)o->dst = val;
         return 0;
     case OPT_INT:
-        if (parse_long(val, -2147483647LL, 2147483647LL, &v) != 0)
+    case OPT_POS_INT:
+        if (parse_long(val, o->kind == OPT_POS_INT ? 1 : 0, 2147483647LL, &v) != 0)
             return -1;
         *(int *)o->dst = (int)v;
         return 0;
     case OPT_LLONG:
         return parse_long(val, 0, 9223372036854775807LL, (long long *)o->dst);
     case OPT_DOUBLE:
-        return parse_double(val, (double *)o->dst);
+    case OPT_POS_DOUBLE:
+        if (parse_double(val, (double *)o->dst) != 0)
+            return -1;
+        return o->kind == OPT_POS_DOUBLE && !(*(double *)o->dst > 0) ? -1 : 0;
     case OPT_CALLBACK:
         return add_callback(o->dst, val);
     case OPT_BOOL:
@@ -469,10 +484,10 @@ static int cmd_fit(ft_client *c, int argc, char **argv)
         {"--optimizer", NULL, OPT_STR, &p.optimizer, "NAME", "optimizer: Adam (default) or SGD"},
         {"--optimizer-options", NULL, OPT_STR, &p.optimizer_options, "JSON",
          "optimizer options (object)"},
-        {"--learning-rate", NULL, OPT_DOUBLE, &p.learning_rate, "LR", "default: 0.001"},
-        {"--epochs", NULL, OPT_INT, &p.epochs, "N", "default: 5"},
-        {"--batch-size", NULL, OPT_INT, &p.batch_size, "N", "default: 128"},
-        {"--num-items-per-class", NULL, OPT_INT, &p.num_items_per_class, "N", "default: 4"},
+        {"--learning-rate", NULL, OPT_POS_DOUBLE, &p.learning_rate, "LR", "default: 0.001"},
+        {"--epochs", NULL, OPT_POS_INT, &p.epochs, "N", "default: 5"},
+        {"--batch-size", NULL, OPT_POS_INT, &p.batch_size, "N", "default: chosen from the data"},
+        {"--num-items-per-class", NULL, OPT_POS_INT, &p.num_items_per_class, "N", "default: 4"},
         {"--seed", NULL, OPT_LLONG, &p.seed, "N", "random seed (default: 42)"},
         {"--callback", NULL, OPT_CALLBACK, &cbs, "NAME:JSON",
          "add a callback, e.g. 'EarlyStopping:{\"patience\":2}' (repeatable)"},
@@ -686,7 +701,7 @@ static int cmd_runs(ft_client *c, int argc, char **argv)
     static const int widths[] = {24, 9, 24, 24, 0};
     int limit = 0, offset = 0, as_json = 0;
     const struct opt opts[] = {
-        {"--limit", NULL, OPT_INT, &limit, "N", "at most N runs (default: 50)"},
+        {"--limit", NULL, OPT_POS_INT, &limit, "N", "at most N runs (default: 50)"},
         {"--offset", NULL, OPT_INT, &offset, "N", "skip the first N runs"},
         {"--json", NULL, OPT_BOOL, &as_json, NULL, "print the server's JSON"},
         {NULL, NULL, 0, NULL, NULL, NULL}};

@@ -18,6 +18,7 @@
     X(METHOD_NOT_ALLOWED, "method_not_allowed", 405, "method not allowed")        \
     X(CONFLICT, "conflict", 409, "conflict")                                      \
     X(TOO_LARGE, "payload_too_large", 413, "payload too large")                   \
+    X(URI_TOO_LONG, "uri_too_long", 414, "URI too long")                          \
     X(UNSUPPORTED_MEDIA, "unsupported_media_type", 415, "unsupported media type") \
     X(NOMEM, "out_of_memory", 500, "out of memory")                               \
     X(IO, "io_error", 500, "i/o error")                                           \

@@ -11,11 +11,12 @@
 #include <stddef.h>
 
 struct ft_api {
-    ft_store *store;           /* borrowed */
-    size_t max_upload;         /* bytes, for dataset uploads */
-    void (*wake)(void *ctx);   /* tell the scheduler a run was queued or canceled (may be NULL) */
+    ft_store *store;         /* borrowed */
+    size_t max_upload;       /* bytes, for dataset uploads */
+    size_t max_dataset;      /* bytes of a decoded dataset (float32); 0 = no limit */
+    void (*wake)(void *ctx); /* tell the scheduler a run was queued or canceled (may be NULL) */
     void *wake_ctx;
-    volatile int *stopping;    /* non-zero while the daemon shuts down (may be NULL) */
+    volatile int *stopping; /* non-zero while the daemon shuts down (may be NULL) */
 };
 
 /* Handle one complete request; fills resp (status, body...). Never fails: errors become error

@@ -27,9 +27,13 @@ struct setting {
     }
 
 static const struct setting settings[] = {
-    STR("host", host),           INT("port", port, 0, 65535),
-    STR("data-dir", data_dir),   INT("workers", workers, 1, 64),
-    STR("log-level", log_level), INT("max-upload-mb", max_upload_mb, 1, 65536),
+    STR("host", host),
+    INT("port", port, 0, 65535),
+    STR("data-dir", data_dir),
+    INT("workers", workers, 1, 64),
+    STR("log-level", log_level),
+    INT("max-upload-mb", max_upload_mb, 1, 65536),
+    INT("max-dataset-mb", max_dataset_mb, 1, 1 << 20),
 };
 
 void ft_config_default(struct ft_config *c)
@@ -41,6 +45,8 @@ void ft_config_default(struct ft_config *c)
     c->workers = 1;
     snprintf(c->log_level, sizeof c->log_level, "info");
     c->max_upload_mb = 1024;
+    c->max_dataset_mb = 2048;
+    c->max_dataset_mb = 2048;
     c->worker_run = -1;
 }
 
@@ -55,6 +61,7 @@ const char *ft_config_usage(void)
            "  --workers N          runs trained at once, each in its own process (default 1)\n"
            "  --log-level LEVEL    debug | info | warn | error (default info)\n"
            "  --max-upload-mb N    largest dataset upload in MiB (default 1024)\n"
+           "  --max-dataset-mb N   largest dataset once decoded to float32, in MiB (default 2048)\n"
            "  --config FILE        read settings from FILE first: one 'key = value' a line,\n"
            "                       keys as the flags without dashes (data_dir = /var/lib/ft)\n"
            "  --help               this text\n"

@@ -1,7 +1,7 @@
 /* config.h — finetunerd's settings: one table, read from a config file and then the command
  * line (flags win). The file has one "key = value" per line ('#' starts a comment); keys are
  * the flag names without dashes, with '_' or '-': host, port, data_dir, workers, log_level,
- * max_upload_mb. */
+ * max_upload_mb, max_dataset_mb. */
 #ifndef FT_CONFIG_H
 #define FT_CONFIG_H
 
@@ -14,6 +14,7 @@ struct ft_config {
     int workers;           /* --workers, concurrent runs, default 1 */
     char log_level[16];    /* --log-level debug|info|warn|error, default info */
     int max_upload_mb;     /* --max-upload-mb, dataset upload limit, default 1024 */
+    int max_dataset_mb;    /* --max-dataset-mb, decoded dataset limit, default 2048 */
     char config_file[512]; /* --config FILE */
     long long worker_run;  /* --worker ID (internal: run one training worker), -1 = daemon */
     int help;              /* --help given */

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -147,7 +148,7 @@ static struct conn *conn_new(struct ft_http_server *srv, struct MHD_Connection *
     MHD_get_connection_values(mc, MHD_GET_ARGUMENT_KIND, collect_arg, &c->req);
     int upload = strcmp(method, "PUT") == 0 && strncmp(url, "/api/v1/datasets/", 17) == 0;
     c->limit = upload ? srv->max_upload : JSON_LIMIT;
-    if (ct && strncmp(ct, "multipart/form-data", 19) == 0)
+    if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0)
         c->pp = MHD_create_post_processor(mc, POST_BUFFER, on_part, c);
     return c;
 }
@@ -280,7 +281,7 @@ static struct MHD_Response *make_response(struct ft_http_server *srv, struct ft_
 }
 
 static enum MHD_Result reply(struct MHD_Connection *mc, struct ft_http_server *srv,
-                            struct ft_http_response *r)
+                             struct ft_http_response *r)
 {
     struct MHD_Response *resp = make_response(srv, r);
     if (!resp) {
@@ -364,6 +365,36 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **state,
     *state = NULL;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decode s in place, except %00: a NUL would silently cut the name short, so it stays
+ * "%00" and the name check rejects it. Returns the new length. */
+static size_t unescape(void *cls, struct MHD_Connection *mc, char *s)
+{
+    char *w = s;
+    (void)cls, (void)mc;
+    for (const char *r = s; *r; r++) {
+        int hi = r[0] == '%' ? hexval(r[1]) : -1, lo = hi >= 0 ? hexval(r[2]) : -1;
+        if (hi >= 0 && lo >= 0 && (hi | lo) != 0) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 2;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
+}
+
 ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, size_t max_upload)
 {
     struct sockaddr_in addr = {0};
@@ -383,7 +414,8 @@ ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, si
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
         (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &addr,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)256, MHD_OPTION_END);
+        (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_UNESCAPE_CALLBACK,
+        unescape, NULL, MHD_OPTION_END);
     if (!srv->mhd) {
         ft_log(FT_LOG_ERROR, "http", "cannot listen on %s:%d: %s", host, port, strerror(errno));
         free(srv);

@@ -11,7 +11,10 @@
 #include "store.h"
 #include "worker.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -35,6 +38,34 @@ static void install_signals(void)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+}
+
+/* One daemon per data directory: an exclusive flock on <data_dir>/finetunerd.lock, held (fd
+ * left open) until the process exits. Workers do not take it. Returns -1 (logged) when another
+ * daemon holds it. */
+static int lock_data_dir(const char *data_dir)
+{
+    char path[1100], pid[32];
+    snprintf(path, sizeof path, "%s/finetunerd.lock", data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        ft_log(FT_LOG_ERROR, "main", "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ssize_t n = read(fd, pid, sizeof pid - 1);
+        pid[n > 0 ? n : 0] = '\0';
+        ft_log(FT_LOG_ERROR, "main",
+               "data directory %s is in use by another finetunerd (pid %s); stop it or pick "
+               "another --data-dir",
+               data_dir, n > 0 ? pid : "?");
+        close(fd);
+        return -1;
+    }
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, strlen(pid), 0) < 0)
+        ft_log(FT_LOG_WARN, "main", "cannot write my pid to %s", path);
+    return 0;
 }
 
 /* A worker of a previous daemon (killed with -9, say) may still be training one of the runs
@@ -81,6 +112,10 @@ static int run_daemon(const struct ft_config *cfg)
         ft_log(FT_LOG_ERROR, "main", "%s", err.message);
         return 1;
     }
+    if (lock_data_dir(cfg->data_dir) != 0) {
+        ft_store_close(store);
+        return 1;
+    }
     end_orphan_workers(store);
     int requeued = ft_store_runs_requeue_started(
         store, "finetunerd restarted; the run starts again from the beginning");
@@ -89,8 +124,12 @@ static int run_daemon(const struct ft_config *cfg)
                requeued);
     struct ft_scheduler_opts so = {exe, cfg->data_dir, cfg->log_level, cfg->workers};
     ft_scheduler *sched = ft_scheduler_start(store, &so);
-    struct ft_api api = {store, (size_t)cfg->max_upload_mb << 20, ft_scheduler_wake, sched,
-                         &stopping};
+    struct ft_api api = {.store = store,
+                         .max_upload = (size_t)cfg->max_upload_mb << 20,
+                         .max_dataset = (size_t)cfg->max_dataset_mb << 20,
+                         .wake = ft_scheduler_wake,
+                         .wake_ctx = sched,
+                         .stopping = &stopping};
     ft_http_server *http = sched ? ft_http_start(&api, cfg->host, cfg->port, api.max_upload) : NULL;
     if (!http) {
         ft_scheduler_stop(sched, 5);

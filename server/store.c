@@ -476,10 +476,19 @@ static enum ft_err insert_run_locked(ft_store *s, const char *experiment, const 
     if (rc != SQLITE_DONE)
         return db_error(s, err, "storing the run");
     *id = sqlite3_last_insert_rowid(s->db);
-    for (int i = 0; i < count; i++)
+    for (int i = 0; i < count; i++) {
+        /* checked again here, in the transaction: a dataset deleted since the request was
+         * validated must not leave a run that can never load it */
+        json_t *ds = one_json(prep(s, "SELECT 1 FROM datasets WHERE name = ?", "s", datasets[i]));
+        if (!ds)
+            return ft_error_set(err, FT_EINVAL, "config",
+                                "dataset '%s' does not exist (it was deleted meanwhile)",
+                                datasets[i]);
+        json_decref(ds);
         if (exec_stmt(prep(s, "INSERT INTO run_datasets(run_id, dataset) VALUES(?, ?)", "is", *id,
                            datasets[i])) != SQLITE_DONE)
             return db_error(s, err, "storing the run's datasets");
+    }
     return FT_OK;
 }
 

@@ -62,9 +62,11 @@ static enum ft_err load_dataset(ft_store *store, const char *name, const char **
     char *path = ft_store_dataset_path(store, name);
     enum ft_err e = path ? ft_dataset_load(path, &loaded[*count], err) : FT_ENOMEM;
     free(path);
-    if (e != FT_OK)
-        return ft_error_set(err, e, NULL, "dataset '%s' could not be loaded: %s", name,
-                            err ? err->message : ft_err_message(e));
+    if (e != FT_OK) {
+        char why[sizeof err->message];
+        snprintf(why, sizeof why, "%s", err && err->message[0] ? err->message : ft_err_message(e));
+        return ft_error_set(err, e, NULL, "dataset '%s' could not be loaded: %s", name, why);
+    }
     names[*count] = name;
     *out = loaded[(*count)++];
     return FT_OK;

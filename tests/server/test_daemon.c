@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
@@ -535,4 +536,57 @@ Test(daemon, worker_killed_with_sigkill)
     json_t *m = call("GET", "/experiments/e/runs/after/metrics", NULL, 200);
     cr_assert_eq(json_array_size(json_object_get(m, "epochs")), 1);
     json_decref(m);
+}
+
+/* The finetunerd binary the tests run (as tests/support/daemon.c finds it). */
+static const char *daemon_binary(void)
+{
+    static char path[512];
+    const char *dir = getenv("FT_BIN_DIR");
+    if (!dir || !*dir)
+        dir = getenv("BUILD");
+    snprintf(path, sizeof path, "%s/finetunerd", dir && *dir ? dir : "build");
+    return path;
+}
+
+Test(daemon, second_daemon_on_a_data_dir_refuses_to_start, .timeout = 60)
+{
+    struct td_daemon d;
+    struct th_response r;
+    td_daemon_start(&d, NULL);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s --port 0 --data-dir %s --log-level error 2>/dev/null",
+             daemon_binary(), d.data_dir);
+    int rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "second daemon exit status %d", rc);
+    cr_assert_eq(th_request("GET", td_url(&d, "/health"), NULL, NULL, 0, 5, &r), 0);
+    cr_assert_eq(r.status, 200, "the first daemon still serves");
+    th_response_free(&r);
+    td_daemon_stop(&d);
+}
+
+Test(daemon, percent_encoded_nul_in_a_name_is_rejected, .timeout = 60)
+{
+    struct td_daemon d;
+    struct th_response r;
+    td_daemon_start(&d, NULL);
+    const char csv[] = "label,a\nx,1\ny,2\n";
+    cr_assert_eq(th_request("PUT", td_url(&d, "/datasets/victim"), "text/csv", csv,
+                            sizeof csv - 1, 5, &r),
+                 0);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    th_response_free(&r);
+    cr_assert_eq(th_request("DELETE", td_url(&d, "/datasets/victim%00..%2Fother"), NULL, NULL, 0,
+                            5, &r),
+                 0);
+    cr_assert_eq(r.status, 404, "the decoded '/' makes it another path: %ld %s", r.status, r.body);
+    th_response_free(&r);
+    cr_assert_eq(th_request("DELETE", td_url(&d, "/datasets/victim%00x"), NULL, NULL, 0, 5, &r),
+                 0);
+    cr_assert_eq(r.status, 400, "%ld %s", r.status, r.body);
+    th_response_free(&r);
+    cr_assert_eq(th_request("GET", td_url(&d, "/datasets/victim"), NULL, NULL, 0, 5, &r), 0);
+    cr_assert_eq(r.status, 200, "victim is still there");
+    th_response_free(&r);
+    td_daemon_stop(&d);
 }
