@@ -1,10 +1,10 @@
-/* nn.c — layer kernels (linear, relu, l2_normalize) and the MLP embedding model.
+/* nn.c — layer kernels: linear, relu, gelu, tanh, sigmoid, l2_normalize, batch norm, layer
+ * norm, dropout, conv2d, max/avg/global pooling, flatten.
  *
- * Kernels follow llm.c: <layer>_forward / <layer>_backward pairs over row-major buffers; the
- * linear kernels are OpenBLAS sgemm calls. The model owns one contiguous parameter buffer, one
- * gradient buffer of the same layout, a table of named tensors over them and one activation
- * buffer that grows to the largest batch seen. Forward copies its input and saves every
- * intermediate; backward walks the layers in reverse and accumulates parameter gradients.
+ * Kernels follow llm.c: <layer>_forward / <layer>_backward pairs over row-major buffers they
+ * do not own; nothing here allocates. Linear and conv2d are OpenBLAS sgemm calls (conv2d:
+ * im2col of the whole batch, one sgemm, col2im for the input gradient); reductions (batch and
+ * layer norm statistics, pooling means, bias sums) accumulate in double.
  * Formulas and reference numbers: tests/fixtures/torch/README.md (PyTorch 1.13). */
 #include "nn.h"
 
@@ -56,16 +56,27 @@ void ft_linear_backward(float *dinp, float *dw, float *db, const float *dout, co
     }
 }
 
+/* v when keep, else +0: a bit mask instead of a branch (activations are half positive, half
+ * not, so a branch mispredicts half the time). */
+static inline float keep_if(float v, int keep)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u &= -(uint32_t)keep;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
 void ft_relu_forward(float *out, const float *inp, size_t N)
 {
-    for (size_t i = 0; i < N; i++)
-        out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+    for (size_t i = 0; i < N; i++) /* NaN stays NaN, as in torch */
+        out[i] = keep_if(inp[i], (inp[i] > 0.0f) | isnan(inp[i]));
 }
 
 void ft_relu_backward(float *dinp, const float *dout, const float *inp, size_t N)
 {
     for (size_t i = 0; i < N; i++)
-        dinp[i] = inp[i] > 0.0f ? dout[i] : 0.0f;
+        dinp[i] = keep_if(dout[i], inp[i] > 0.0f);
 }
 
 void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, int D)
@@ -104,315 +115,558 @@ void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, 
     }
 }
 
-/* ---- the MLP model ---- */
+/* ---- element-wise activations ---- */
 
-struct tensor_view {
-    char name[32];
-    int ndim;
-    int64_t shape[2];
-    size_t offset;
-};
+#define SQRT_2_OVER_PI 0.7978845608028654f /* sqrt(2/pi) */
+#define INV_SQRT_2 0.7071067811865476f     /* 1/sqrt(2) */
+#define INV_SQRT_2PI 0.3989422804014327f   /* 1/sqrt(2 pi) */
+#define GELU_C 0.044715f
 
-struct ft_model {
-    struct ft_mlp_config cfg;
-    int num_layers;
-    int width[FT_MLP_MAX_LAYERS + 1]; /* width[0] = input, width[l+1] = layer l output */
-    size_t w_off[FT_MLP_MAX_LAYERS];
-    size_t b_off[FT_MLP_MAX_LAYERS]; /* meaningful when cfg.bias */
-    size_t num_params;
-    float *params;
-    float *grads;
-    int num_tensors;
-    struct tensor_view tensors[2 * FT_MLP_MAX_LAYERS];
-    /* activations for up to cap_B rows (one allocation) */
-    int cap_B;
-    float *acts;
-    float *x;                       /* (B, width[0]) copy of the input */
-    float *pre[FT_MLP_MAX_LAYERS];  /* (B, width[l+1]) linear outputs */
-    float *post[FT_MLP_MAX_LAYERS]; /* (B, width[l+1]) after the activation (= pre when none) */
-    float *out_n;                   /* (B, out_dim) normalised output (l2 only) */
-    float *norms;                   /* (B) (l2 only) */
-    float *dbuf[2];                 /* (B, max width) backward scratch */
-};
-
-static int has_act(const ft_model *m, int l)
+/* 0.5 x (1 + erf(x/sqrt(2))) written with erfc so the left tail keeps its precision. */
+static float gelu_erf(float x)
 {
-    return m->cfg.activation == FT_ACT_RELU && l < m->num_layers - 1;
+    return 0.5f * x * erfcf(-x * INV_SQRT_2);
 }
 
-static int max_width(const ft_model *m)
+static float gelu_erf_grad(float x)
 {
-    int w = 0;
-    for (int l = 0; l <= m->num_layers; l++)
-        w = m->width[l] > w ? m->width[l] : w;
-    return w;
+    return 0.5f * erfcf(-x * INV_SQRT_2) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
 }
 
-static enum ft_err check_config(const struct ft_mlp_config *cfg, struct ft_error *err)
+static float gelu_tanh(float x)
 {
-    if (cfg->input_size <= 0)
-        return ft_error_set(err, FT_EINVAL, "input_size", "input_size must be > 0, got %d",
-                            cfg->input_size);
-    if (cfg->num_hidden < 1 || cfg->num_hidden > FT_MLP_MAX_LAYERS)
-        return ft_error_set(err, FT_EINVAL, "hidden_sizes",
-                            "hidden_sizes must have 1 to %d entries, got %d", FT_MLP_MAX_LAYERS,
-                            cfg->num_hidden);
-    for (int l = 0; l < cfg->num_hidden; l++)
-        if (cfg->hidden_sizes[l] <= 0)
-            return ft_error_set(err, FT_EINVAL, "hidden_sizes",
-                                "hidden_sizes[%d] must be > 0, got %d", l, cfg->hidden_sizes[l]);
-    if (cfg->activation != FT_ACT_NONE && cfg->activation != FT_ACT_RELU)
-        return ft_error_set(err, FT_EINVAL, "activation", "unknown activation");
-    return FT_OK;
+    float t = tanhf(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+    return 0.5f * x * (1.0f + t);
 }
 
-static void add_tensor(ft_model *m, int l, const char *kind, int ndim, int64_t d0, int64_t d1,
-                       size_t offset)
+static float gelu_tanh_grad(float x)
 {
-    struct tensor_view *t = &m->tensors[m->num_tensors++];
-    snprintf(t->name, sizeof t->name, "linear_%d.%s", l, kind);
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = d1;
-    t->offset = offset;
+    float t = tanhf(SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+    float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
 }
 
-/* Lay out the parameter buffer: linear_0.weight, linear_0.bias, linear_1.weight, ... */
-static void layout_params(ft_model *m)
+void ft_gelu_forward(float *out, const float *inp, size_t N, enum ft_gelu_approx approx)
 {
-    size_t off = 0;
-    for (int l = 0; l < m->num_layers; l++) {
-        int C = m->width[l], OC = m->width[l + 1];
-        m->w_off[l] = off;
-        add_tensor(m, l, "weight", 2, OC, C, off);
-        off += (size_t)OC * C;
-        m->b_off[l] = off;
-        if (m->cfg.bias) {
-            add_tensor(m, l, "bias", 1, OC, 0, off);
-            off += (size_t)OC;
-        }
-    }
-    m->num_params = off;
-}
-
-/* torch.nn.Linear.reset_parameters: kaiming_uniform(a = sqrt(5)) for the weight gives
- * U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the same bound. */
-static void init_params(ft_model *m, uint64_t seed)
-{
-    struct ft_rng rng;
-    ft_rng_seed(&rng, seed);
-    for (int l = 0; l < m->num_layers; l++) {
-        int C = m->width[l], OC = m->width[l + 1];
-        double bound = 1.0 / sqrt((double)C);
-        float *w = m->params + m->w_off[l];
-        for (size_t i = 0; i < (size_t)OC * C; i++)
-            w[i] = (float)((2.0 * ft_rng_uniform(&rng) - 1.0) * bound);
-        if (!m->cfg.bias)
-            continue;
-        float *b = m->params + m->b_off[l];
-        for (int i = 0; i < OC; i++)
-            b[i] = (float)((2.0 * ft_rng_uniform(&rng) - 1.0) * bound);
-    }
-}
-
-enum ft_err ft_model_new_mlp(const struct ft_mlp_config *cfg, uint64_t seed, ft_model **out,
-                             struct ft_error *err)
-{
-    *out = NULL;
-    enum ft_err rc = check_config(cfg, err);
-    if (rc != FT_OK)
-        return rc;
-    ft_model *m = calloc(1, sizeof *m);
-    if (!m)
-        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory allocating the model");
-    m->cfg = *cfg;
-    m->num_layers = cfg->num_hidden;
-    m->width[0] = cfg->input_size;
-    for (int l = 0; l < m->num_layers; l++)
-        m->width[l + 1] = cfg->hidden_sizes[l];
-    layout_params(m);
-    m->params = malloc(m->num_params * sizeof *m->params);
-    m->grads = calloc(m->num_params, sizeof *m->grads);
-    if (!m->params || !m->grads) {
-        ft_model_free(m);
-        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory allocating %zu parameters",
-                            m->num_params);
-    }
-    init_params(m, seed);
-    *out = m;
-    return FT_OK;
-}
-
-void ft_model_free(ft_model *m)
-{
-    if (!m)
+    if (approx == FT_GELU_TANH) {
+        for (size_t i = 0; i < N; i++)
+            out[i] = gelu_tanh(inp[i]);
         return;
-    free(m->params);
-    free(m->grads);
-    free(m->acts);
-    free(m);
-}
-
-int ft_model_input_dim(const ft_model *m)
-{
-    return m->width[0];
-}
-
-int ft_model_output_dim(const ft_model *m)
-{
-    return m->width[m->num_layers];
-}
-
-size_t ft_model_num_params(const ft_model *m)
-{
-    return m->num_params;
-}
-
-float *ft_model_params(ft_model *m)
-{
-    return m->params;
-}
-
-float *ft_model_grads(ft_model *m)
-{
-    return m->grads;
-}
-
-void ft_model_zero_grad(ft_model *m)
-{
-    memset(m->grads, 0, m->num_params * sizeof *m->grads);
-}
-
-int ft_model_num_tensors(const ft_model *m)
-{
-    return m->num_tensors;
-}
-
-void ft_model_tensor(const ft_model *m, int i, const char **name, int *ndim, int64_t shape[2],
-                     size_t *offset)
-{
-    FT_ASSERT(i >= 0 && i < m->num_tensors);
-    const struct tensor_view *t = &m->tensors[i];
-    if (name)
-        *name = t->name;
-    if (ndim)
-        *ndim = t->ndim;
-    if (shape) {
-        shape[0] = t->shape[0];
-        shape[1] = t->shape[1];
     }
-    if (offset)
-        *offset = t->offset;
+    for (size_t i = 0; i < N; i++)
+        out[i] = gelu_erf(inp[i]);
 }
 
-json_t *ft_model_config_json(const ft_model *m)
+void ft_gelu_backward(float *dinp, const float *dout, const float *inp, size_t N,
+                      enum ft_gelu_approx approx)
 {
-    json_t *hidden = json_array();
-    for (int l = 0; l < m->num_layers; l++)
-        json_array_append_new(hidden, json_integer(m->width[l + 1]));
-    json_t *act = m->cfg.activation == FT_ACT_RELU ? json_string("relu") : json_null();
-    return json_pack("{s:s, s:i, s:o, s:b, s:o, s:b}", "name", "mlp", "input_size", m->width[0],
-                     "hidden_sizes", hidden, "bias", m->cfg.bias, "activation", act, "l2",
-                     m->cfg.l2);
+    if (approx == FT_GELU_TANH) {
+        for (size_t i = 0; i < N; i++)
+            dinp[i] = dout[i] * gelu_tanh_grad(inp[i]);
+        return;
+    }
+    for (size_t i = 0; i < N; i++)
+        dinp[i] = dout[i] * gelu_erf_grad(inp[i]);
 }
 
-/* Floats of activation storage for B rows. */
-static size_t acts_size(const ft_model *m, size_t B)
+void ft_tanh_forward(float *out, const float *inp, size_t N)
 {
-    size_t n = B * (size_t)m->width[0];
-    for (int l = 0; l < m->num_layers; l++)
-        n += B * (size_t)m->width[l + 1] * (has_act(m, l) ? 2 : 1);
-    if (m->cfg.l2)
-        n += B * (size_t)ft_model_output_dim(m) + B;
-    return n + 2 * B * (size_t)max_width(m);
+    for (size_t i = 0; i < N; i++)
+        out[i] = tanhf(inp[i]);
 }
 
-/* Point the activation views into m->acts for cap_B rows. */
-static void carve_acts(ft_model *m)
+void ft_tanh_backward(float *dinp, const float *dout, const float *out, size_t N)
 {
-    size_t B = (size_t)m->cap_B;
-    float *p = m->acts;
-    m->x = p;
-    p += B * m->width[0];
-    for (int l = 0; l < m->num_layers; l++) {
-        m->pre[l] = p;
-        p += B * m->width[l + 1];
-        m->post[l] = m->pre[l];
-        if (has_act(m, l)) {
-            m->post[l] = p;
-            p += B * m->width[l + 1];
+    for (size_t i = 0; i < N; i++)
+        dinp[i] = dout[i] * (1.0f - out[i] * out[i]);
+}
+
+void ft_sigmoid_forward(float *out, const float *inp, size_t N)
+{
+    for (size_t i = 0; i < N; i++)
+        out[i] = 1.0f / (1.0f + expf(-inp[i]));
+}
+
+void ft_sigmoid_backward(float *dinp, const float *dout, const float *out, size_t N)
+{
+    for (size_t i = 0; i < N; i++)
+        dinp[i] = dout[i] * out[i] * (1.0f - out[i]);
+}
+
+/* ---- normalisation ---- */
+
+/* sum of p[0..n) in double, four independent accumulators (one long chain of dependent double
+ * adds would cost its latency per value). */
+static double sum_d(const float *p, int n)
+{
+    double a[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++)
+            a[k] += p[i + k];
+    for (; i < n; i++)
+        a[0] += p[i];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+/* sum of (p - mu)^2 over p[0..n), as sum_d. */
+static double sum_sq_dev(const float *p, int n, double mu)
+{
+    double a[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++)
+            a[k] += (p[i + k] - mu) * (p[i + k] - mu);
+    for (; i < n; i++)
+        a[0] += (p[i] - mu) * (p[i] - mu);
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+/* sum g and sum g * (x - m) r over n values, as sum_d (*sg, *sgx accumulate). */
+static void sum_grad(const float *g, const float *x, int n, float m, float r, double *sg,
+                     double *sgx)
+{
+    double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) {
+            a[k] += g[i + k];
+            b[k] += (double)g[i + k] * ((x[i + k] - m) * r);
+        }
+    for (; i < n; i++) {
+        a[0] += g[i];
+        b[0] += (double)g[i] * ((x[i] - m) * r);
+    }
+    *sg += (a[0] + a[1]) + (a[2] + a[3]);
+    *sgx += (b[0] + b[1]) + (b[2] + b[3]);
+}
+
+/* Biased mean and variance of channel c of x (N, C, S), two passes in double. */
+static void channel_stats(const float *x, int N, int C, int S, int c, double *mean, double *var)
+{
+    double sum = 0.0, ss = 0.0;
+    for (int n = 0; n < N; n++)
+        sum += sum_d(x + ((size_t)n * C + c) * S, S);
+    double mu = sum / ((double)N * S);
+    for (int n = 0; n < N; n++)
+        ss += sum_sq_dev(x + ((size_t)n * C + c) * S, S, mu);
+    *mean = mu;
+    *var = ss / ((double)N * S);
+}
+
+void ft_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
+                          float *running_var, const float *inp, const float *w, const float *b,
+                          int N, int C, int S, int training)
+{
+    /* out (N, C, S), mean (C), rstd (C), running_mean (C), running_var (C), inp (N, C, S),
+     * w (C), b (C) */
+    double M = (double)N * S;
+    for (int c = 0; c < C; c++) {
+        double mu, var;
+        if (training) {
+            channel_stats(inp, N, C, S, c, &mu, &var);
+            if (running_mean) {
+                double unbiased = M > 1 ? var * M / (M - 1) : var;
+                running_mean[c] =
+                    (float)((1.0 - FT_BN_MOMENTUM) * running_mean[c] + FT_BN_MOMENTUM * mu);
+                running_var[c] =
+                    (float)((1.0 - FT_BN_MOMENTUM) * running_var[c] + FT_BN_MOMENTUM * unbiased);
+            }
+        } else {
+            mu = running_mean[c];
+            var = running_var[c];
+        }
+        float m = (float)mu, r = (float)(1.0 / sqrt(var + FT_NORM_EPS));
+        float scale = w[c] * r;
+        mean[c] = m;
+        rstd[c] = r;
+        for (int n = 0; n < N; n++) {
+            size_t o = ((size_t)n * C + c) * S;
+            for (int i = 0; i < S; i++)
+                out[o + i] = (inp[o + i] - m) * scale + b[c];
         }
     }
-    if (m->cfg.l2) {
-        m->out_n = p;
-        p += B * ft_model_output_dim(m);
-        m->norms = p;
-        p += B;
-    }
-    m->dbuf[0] = p;
-    p += B * max_width(m);
-    m->dbuf[1] = p;
 }
 
-static enum ft_err grow_acts(ft_model *m, int B)
+void ft_batchnorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *mean, const float *rstd, const float *w, int N, int C,
+                           int S, int training)
 {
-    if (B <= m->cap_B)
-        return FT_OK;
-    float *acts = malloc(acts_size(m, (size_t)B) * sizeof *acts);
-    if (!acts)
-        return FT_ENOMEM;
-    free(m->acts);
-    m->acts = acts;
-    m->cap_B = B;
-    carve_acts(m);
-    return FT_OK;
+    /* dinp (N, C, S), dw (C), db (C), dout (N, C, S), inp (N, C, S), mean (C), rstd (C), w (C) */
+    double M = (double)N * S;
+    for (int c = 0; c < C; c++) {
+        double sd = 0.0, sdx = 0.0;
+        float m = mean[c], r = rstd[c];
+        for (int n = 0; n < N; n++) {
+            size_t o = ((size_t)n * C + c) * S;
+            sum_grad(dout + o, inp + o, S, m, r, &sd, &sdx);
+        }
+        dw[c] += (float)sdx;
+        db[c] += (float)sd;
+        if (!dinp)
+            continue;
+        float k = training ? (float)(w[c] * r / M) : w[c] * r;
+        float fm = training ? (float)M : 1.0f, fsd = training ? (float)sd : 0.0f;
+        float fsdx = training ? (float)sdx : 0.0f;
+        for (int n = 0; n < N; n++) {
+            size_t o = ((size_t)n * C + c) * S;
+            for (int i = 0; i < S; i++) {
+                float xhat = (inp[o + i] - m) * r;
+                dinp[o + i] = k * (fm * dout[o + i] - fsd - xhat * fsdx);
+            }
+        }
+    }
 }
 
-enum ft_err ft_model_forward(ft_model *m, const float *x, int B, float *out)
+void ft_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                          const float *b, int B, int D)
 {
-    /* x (B, width[0]), out (B, out_dim) */
-    if (grow_acts(m, B) != FT_OK)
-        return FT_ENOMEM;
-    memcpy(m->x, x, (size_t)B * m->width[0] * sizeof *x);
-    const float *inp = m->x;
-    for (int l = 0; l < m->num_layers; l++) {
-        const float *b = m->cfg.bias ? m->params + m->b_off[l] : NULL;
-        ft_linear_forward(m->pre[l], inp, m->params + m->w_off[l], b, B, m->width[l],
-                          m->width[l + 1]);
-        if (has_act(m, l))
-            ft_relu_forward(m->post[l], m->pre[l], (size_t)B * m->width[l + 1]);
-        inp = m->post[l];
+    /* out (B, D), mean (B), rstd (B), inp (B, D), w (D), b (D) */
+    for (int i = 0; i < B; i++) {
+        const float *x = inp + (size_t)i * D;
+        float *o = out + (size_t)i * D;
+        double mu, var;
+        channel_stats(x, 1, 1, D, 0, &mu, &var);
+        float m = (float)mu, r = (float)(1.0 / sqrt(var + FT_NORM_EPS));
+        for (int k = 0; k < D; k++)
+            o[k] = (x[k] - m) * r * w[k] + b[k];
+        mean[i] = m;
+        rstd[i] = r;
     }
-    int OD = ft_model_output_dim(m);
-    if (m->cfg.l2) {
-        ft_l2_normalize_forward(m->out_n, m->norms, inp, B, OD);
-        inp = m->out_n;
-    }
-    memcpy(out, inp, (size_t)B * OD * sizeof *out);
-    return FT_OK;
 }
 
-void ft_model_backward(ft_model *m, const float *dout, int B)
+void ft_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                           const float *mean, const float *rstd, const float *w, int B, int D)
 {
-    /* dout (B, out_dim) */
-    FT_ASSERT(B <= m->cap_B);
-    int L = m->num_layers;
-    const float *d = dout;
-    int cur = 0;
-    if (m->cfg.l2) {
-        ft_l2_normalize_backward(m->dbuf[cur], dout, m->out_n, m->norms, B, m->width[L]);
-        d = m->dbuf[cur];
-        cur ^= 1;
+    /* dinp (B, D), dw (D), db (D), dout (B, D), inp (B, D), mean (B), rstd (B), w (D) */
+    for (int i = 0; i < B; i++) {
+        const float *x = inp + (size_t)i * D, *g = dout + (size_t)i * D;
+        float *d = dinp + (size_t)i * D;
+        float m = mean[i], r = rstd[i];
+        double sg = 0.0, sgx = 0.0;
+        for (int k = 0; k < D; k++) {
+            float xhat = (x[k] - m) * r;
+            sg += (double)g[k] * w[k];
+            sgx += (double)g[k] * w[k] * xhat;
+            dw[k] += g[k] * xhat;
+            db[k] += g[k];
+        }
+        float mg = (float)(sg / D), mgx = (float)(sgx / D);
+        for (int k = 0; k < D; k++) {
+            float xhat = (x[k] - m) * r;
+            d[k] = r * (g[k] * w[k] - mg - xhat * mgx);
+        }
     }
-    for (int l = L - 1; l >= 0; l--) {
-        const float *inp = l > 0 ? m->post[l - 1] : m->x;
-        float *dinp = l > 0 ? m->dbuf[cur] : NULL;
-        float *db = m->cfg.bias ? m->grads + m->b_off[l] : NULL;
-        ft_linear_backward(dinp, m->grads + m->w_off[l], db, d, inp, m->params + m->w_off[l], B,
-                           m->width[l], m->width[l + 1]);
-        if (l > 0 && has_act(m, l - 1))
-            ft_relu_backward(dinp, dinp, m->pre[l - 1], (size_t)B * m->width[l]);
-        d = dinp;
-        cur ^= 1;
+}
+
+/* ---- dropout ---- */
+
+void ft_dropout_forward(float *out, float *mask, const float *inp, size_t N, float p,
+                        struct ft_rng *rng, int training)
+{
+    /* out (N), mask (N), inp (N) */
+    if (!training || p <= 0.0f) {
+        if (out != inp)
+            memmove(out, inp, N * sizeof *out);
+        for (size_t i = 0; mask && i < N; i++)
+            mask[i] = 1.0f;
+        return;
     }
+    float scale = 1.0f / (1.0f - p);
+    for (size_t i = 0; i < N; i++) {
+        float m = ft_rng_uniform(rng) >= (double)p ? scale : 0.0f;
+        mask[i] = m;
+        out[i] = inp[i] * m;
+    }
+}
+
+void ft_dropout_backward(float *dinp, const float *dout, const float *mask, size_t N)
+{
+    for (size_t i = 0; i < N; i++)
+        dinp[i] = dout[i] * mask[i];
+}
+
+/* ---- convolution ---- */
+
+int ft_conv2d_out_h(const struct ft_conv2d_shape *s)
+{
+    return (s->H + 2 * s->pad - s->KH) / s->stride + 1;
+}
+
+int ft_conv2d_out_w(const struct ft_conv2d_shape *s)
+{
+    return (s->W + 2 * s->pad - s->KW) / s->stride + 1;
+}
+
+size_t ft_conv2d_scratch_size(const struct ft_conv2d_shape *s)
+{
+    size_t BP = (size_t)s->B * ft_conv2d_out_h(s) * ft_conv2d_out_w(s);
+    return (size_t)s->C * s->KH * s->KW * BP + (size_t)s->OC * BP;
+}
+
+/* First and one-past-last output column ow whose input column ow*stride + off lies in
+ * [0, W). */
+static void valid_cols(int off, int stride, int W, int Wo, int *lo, int *hi)
+{
+    int a = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    int b = W - 1 - off < 0 ? 0 : (W - 1 - off) / stride + 1;
+    *lo = a < Wo ? a : Wo;
+    *hi = b < Wo ? b : Wo;
+    if (*hi < *lo)
+        *hi = *lo;
+}
+
+/* One im2col row segment: dst (Ho, Wo) = xpad[oh*stride + kh, ow*stride + kw] of one (H, W)
+ * plane, 0 in the padding. */
+static void im2col_plane(float *dst, const float *plane, const struct ft_conv2d_shape *s, int kh,
+                         int kw, int Ho, int Wo)
+{
+    int lo, hi, st = s->stride, off = kw - s->pad;
+    valid_cols(off, st, s->W, Wo, &lo, &hi);
+    for (int oh = 0; oh < Ho; oh++) {
+        int ih = oh * st - s->pad + kh;
+        float *d = dst + (size_t)oh * Wo;
+        if (ih < 0 || ih >= s->H) {
+            memset(d, 0, (size_t)Wo * sizeof *d);
+            continue;
+        }
+        const float *row = plane + (size_t)ih * s->W;
+        for (int ow = 0; ow < lo; ow++)
+            d[ow] = 0.0f;
+        for (int ow = lo; ow < hi; ow++)
+            d[ow] = row[ow * st + off];
+        for (int ow = hi; ow < Wo; ow++)
+            d[ow] = 0.0f;
+    }
+}
+
+/* The adjoint of im2col_plane: plane += src scattered back (padding dropped). */
+static void col2im_plane(float *plane, const float *src, const struct ft_conv2d_shape *s, int kh,
+                         int kw, int Ho, int Wo)
+{
+    int lo, hi, st = s->stride, off = kw - s->pad;
+    valid_cols(off, st, s->W, Wo, &lo, &hi);
+    for (int oh = 0; oh < Ho; oh++) {
+        int ih = oh * st - s->pad + kh;
+        if (ih < 0 || ih >= s->H)
+            continue;
+        const float *g = src + (size_t)oh * Wo;
+        float *row = plane + (size_t)ih * s->W;
+        for (int ow = lo; ow < hi; ow++)
+            row[ow * st + off] += g[ow];
+    }
+}
+
+/* cols (C*KH*KW, B*Ho*Wo) from x (B, C, H, W): row (c, kh, kw), column (n, oh, ow). */
+static void im2col(float *cols, const float *x, const struct ft_conv2d_shape *s)
+{
+    int Ho = ft_conv2d_out_h(s), Wo = ft_conv2d_out_w(s);
+    size_t P = (size_t)Ho * Wo, BP = (size_t)s->B * P, HW = (size_t)s->H * s->W;
+    for (int c = 0; c < s->C; c++)
+        for (int kh = 0; kh < s->KH; kh++)
+            for (int kw = 0; kw < s->KW; kw++) {
+                float *row = cols + ((size_t)(c * s->KH + kh) * s->KW + kw) * BP;
+                for (int n = 0; n < s->B; n++)
+                    im2col_plane(row + n * P, x + ((size_t)n * s->C + c) * HW, s, kh, kw, Ho, Wo);
+            }
+}
+
+/* x (B, C, H, W) = col2im(cols) (written). */
+static void col2im(float *x, const float *cols, const struct ft_conv2d_shape *s)
+{
+    int Ho = ft_conv2d_out_h(s), Wo = ft_conv2d_out_w(s);
+    size_t P = (size_t)Ho * Wo, BP = (size_t)s->B * P, HW = (size_t)s->H * s->W;
+    memset(x, 0, (size_t)s->B * s->C * HW * sizeof *x);
+    for (int c = 0; c < s->C; c++)
+        for (int kh = 0; kh < s->KH; kh++)
+            for (int kw = 0; kw < s->KW; kw++) {
+                const float *row = cols + ((size_t)(c * s->KH + kh) * s->KW + kw) * BP;
+                for (int n = 0; n < s->B; n++)
+                    col2im_plane(x + ((size_t)n * s->C + c) * HW, row + n * P, s, kh, kw, Ho, Wo);
+            }
+}
+
+void ft_conv2d_forward(float *out, float *scratch, const float *inp, const float *w, const float *b,
+                       const struct ft_conv2d_shape *s)
+{
+    /* out (B, OC, Ho, Wo), scratch (ft_conv2d_scratch_size), inp (B, C, H, W),
+     * w (OC, C, KH, KW), b (OC) */
+    size_t P = (size_t)ft_conv2d_out_h(s) * ft_conv2d_out_w(s), BP = (size_t)s->B * P;
+    int CKK = s->C * s->KH * s->KW;
+    float *cols = scratch, *tmp = scratch + (size_t)CKK * BP;
+    if (BP == 0)
+        return;
+    im2col(cols, inp, s);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->OC, (int)BP, CKK, 1.0f, w, CKK, cols,
+                (int)BP, 0.0f, tmp, (int)BP);
+    for (int n = 0; n < s->B; n++)
+        for (int oc = 0; oc < s->OC; oc++) {
+            float *dst = out + ((size_t)n * s->OC + oc) * P;
+            const float *src = tmp + (size_t)oc * BP + (size_t)n * P;
+            float bias = b ? b[oc] : 0.0f;
+            for (size_t i = 0; i < P; i++)
+                dst[i] = src[i] + bias;
+        }
+}
+
+void ft_conv2d_backward(float *dinp, float *dw, float *db, float *scratch, const float *dout,
+                        const float *inp, const float *w, const struct ft_conv2d_shape *s)
+{
+    /* dinp (B, C, H, W), dw (OC, C, KH, KW), db (OC), scratch, dout (B, OC, Ho, Wo),
+     * inp (B, C, H, W), w (OC, C, KH, KW) */
+    size_t P = (size_t)ft_conv2d_out_h(s) * ft_conv2d_out_w(s), BP = (size_t)s->B * P;
+    int CKK = s->C * s->KH * s->KW;
+    float *cols = scratch, *tmp = scratch + (size_t)CKK * BP;
+    if (BP == 0)
+        return;
+    for (int n = 0; n < s->B; n++)
+        for (int oc = 0; oc < s->OC; oc++)
+            memcpy(tmp + (size_t)oc * BP + (size_t)n * P, dout + ((size_t)n * s->OC + oc) * P,
+                   P * sizeof *tmp);
+    for (int oc = 0; db && oc < s->OC; oc++) {
+        double sum = 0.0;
+        for (size_t i = 0; i < BP; i++)
+            sum += tmp[(size_t)oc * BP + i];
+        db[oc] += (float)sum;
+    }
+    im2col(cols, inp, s);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->OC, CKK, (int)BP, 1.0f, tmp, (int)BP,
+                cols, (int)BP, 1.0f, dw, CKK);
+    if (!dinp)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, (int)BP, s->OC, 1.0f, w, CKK, tmp,
+                (int)BP, 0.0f, cols, (int)BP);
+    col2im(dinp, cols, s);
+}
+
+/* ---- pooling ---- */
+
+/* Index of the later of i and j when x[j] wins: strictly greater or NaN (torch keeps the first
+ * maximum and lets NaN win). */
+static inline int pool_pick(const float *x, int i, int j)
+{
+    return x[j] > x[i] || isnan(x[j]) ? j : i;
+}
+
+/* 2x2 window at flat index t: a tournament over (t, t+1) and (t+W, t+W+1), scan order kept.
+ * Without NaN (checked once through the sum) the picks are compare-and-mask arithmetic, no
+ * branches: argmax over random data would mispredict half of them. */
+static inline int argmax2x2(const float *x, int t, int W)
+{
+    if (isnan(x[t] + x[t + 1] + x[t + W] + x[t + W + 1])) {
+        int top = pool_pick(x, t, t + 1), bottom = pool_pick(x, t + W, t + W + 1);
+        return pool_pick(x, top, bottom);
+    }
+    int top = t + (x[t + 1] > x[t]);
+    int bottom = t + W + (x[t + W + 1] > x[t + W]);
+    return top ^ ((bottom ^ top) & -(x[bottom] > x[top]));
+}
+
+static int argmax_window(const float *x, int t, int W, int k)
+{
+    if (k == 2)
+        return argmax2x2(x, t, W);
+    int bi = t;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++)
+            bi = pool_pick(x, bi, t + i * W + j);
+    return bi;
+}
+
+void ft_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int B, int C, int H, int W,
+                          int k)
+{
+    /* out (B, C, H/k, W/k), argmax (B, C, H/k, W/k), inp (B, C, H, W) */
+    int Ho = H / k, Wo = W / k;
+    for (size_t pl = 0; pl < (size_t)B * C; pl++) {
+        const float *x = inp + pl * H * W;
+        float *o = out + pl * Ho * Wo;
+        int32_t *a = argmax + pl * Ho * Wo;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                int bi = argmax_window(x, oh * k * W + ow * k, W, k);
+                o[oh * Wo + ow] = x[bi];
+                a[oh * Wo + ow] = bi;
+            }
+    }
+}
+
+void ft_maxpool2d_backward(float *dinp, const float *dout, const int32_t *argmax, int B, int C,
+                           int H, int W, int k)
+{
+    /* dinp (B, C, H, W), dout (B, C, H/k, W/k), argmax (B, C, H/k, W/k) */
+    size_t P = (size_t)(H / k) * (W / k);
+    memset(dinp, 0, (size_t)B * C * H * W * sizeof *dinp);
+    for (size_t pl = 0; pl < (size_t)B * C; pl++)
+        for (size_t i = 0; i < P; i++)
+            dinp[pl * H * W + argmax[pl * P + i]] += dout[pl * P + i];
+}
+
+void ft_avgpool2d_forward(float *out, const float *inp, int B, int C, int H, int W, int k)
+{
+    /* out (B, C, H/k, W/k), inp (B, C, H, W) */
+    int Ho = H / k, Wo = W / k;
+    float inv = 1.0f / (float)(k * k);
+    for (size_t pl = 0; pl < (size_t)B * C; pl++) {
+        const float *x = inp + pl * H * W;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                float s = 0.0f;
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++)
+                        s += x[(oh * k + i) * W + ow * k + j];
+                out[(pl * Ho + oh) * Wo + ow] = s * inv;
+            }
+    }
+}
+
+void ft_avgpool2d_backward(float *dinp, const float *dout, int B, int C, int H, int W, int k)
+{
+    /* dinp (B, C, H, W), dout (B, C, H/k, W/k) */
+    int Ho = H / k, Wo = W / k;
+    float inv = 1.0f / (float)(k * k);
+    memset(dinp, 0, (size_t)B * C * H * W * sizeof *dinp);
+    for (size_t pl = 0; pl < (size_t)B * C; pl++) {
+        float *d = dinp + pl * H * W;
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++) {
+                float g = dout[(pl * Ho + oh) * Wo + ow] * inv;
+                for (int i = 0; i < k; i++)
+                    for (int j = 0; j < k; j++)
+                        d[(oh * k + i) * W + ow * k + j] = g;
+            }
+    }
+}
+
+void ft_global_avgpool_forward(float *out, const float *inp, int B, int C, int S)
+{
+    /* out (B, C), inp (B, C, S) */
+    for (size_t pl = 0; pl < (size_t)B * C; pl++) {
+        double sum = 0.0;
+        for (int i = 0; i < S; i++)
+            sum += inp[pl * S + i];
+        out[pl] = (float)(sum / S);
+    }
+}
+
+void ft_global_avgpool_backward(float *dinp, const float *dout, int B, int C, int S)
+{
+    /* dinp (B, C, S), dout (B, C) */
+    for (size_t pl = 0; pl < (size_t)B * C; pl++) {
+        float g = dout[pl] / (float)S;
+        for (int i = 0; i < S; i++)
+            dinp[pl * S + i] = g;
+    }
+}
+
+void ft_flatten_forward(float *out, const float *inp, size_t N)
+{
+    if (out != inp)
+        memmove(out, inp, N * sizeof *out);
+}
+
+void ft_flatten_backward(float *dinp, const float *dout, size_t N)
+{
+    if (dinp != dout)
+        memmove(dinp, dout, N * sizeof *dinp);
 }

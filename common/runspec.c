@@ -125,56 +125,6 @@ static enum ft_err get_bool(json_t *obj, const char *key, const char *path, int 
             return e_;        \
     } while (0)
 
-static enum ft_err parse_mlp_options(json_t *opts, struct ft_mlp_config *mlp, struct ft_error *err)
-{
-    static const char *const keys[] = {"input_size", "hidden_sizes", "bias",
-                                       "activation", "l2",           NULL};
-    const char *path = "config.model.options";
-    memset(mlp, 0, sizeof *mlp);
-    mlp->bias = 1;
-    mlp->activation = FT_ACT_RELU;
-    mlp->l2 = 0;
-    mlp->num_hidden = 2;
-    mlp->hidden_sizes[0] = 256;
-    mlp->hidden_sizes[1] = 128;
-    if (!opts)
-        return FT_OK;
-    TRY(check_keys(opts, keys, path, err));
-    TRY(get_int(opts, "input_size", path, 1, 1 << 20, &mlp->input_size, err));
-    TRY(get_bool(opts, "bias", path, &mlp->bias, err));
-    TRY(get_bool(opts, "l2", path, &mlp->l2, err));
-    json_t *hs = json_object_get(opts, "hidden_sizes");
-    if (hs && !json_is_null(hs)) {
-        size_t n = json_array_size(hs);
-        if (!json_is_array(hs) || n == 0 || n > FT_MLP_MAX_LAYERS)
-            return ft_error_set(err, FT_EINVAL, "config.model.options.hidden_sizes",
-                                "hidden_sizes must be a list of 1 to %d positive integers",
-                                FT_MLP_MAX_LAYERS);
-        for (size_t i = 0; i < n; i++) {
-            json_t *v = json_array_get(hs, i);
-            if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65536)
-                return ft_error_set(err, FT_EINVAL, "config.model.options.hidden_sizes",
-                                    "hidden_sizes[%zu] must be an integer in [1, 65536]", i);
-            mlp->hidden_sizes[i] = (int)json_integer_value(v);
-        }
-        mlp->num_hidden = (int)n;
-    }
-    json_t *act = json_object_get(opts, "activation");
-    if (act && !json_is_null(act)) {
-        const char *a = json_string_value(act);
-        if (a && strcmp(a, "relu") == 0)
-            mlp->activation = FT_ACT_RELU;
-        else if (a && strcmp(a, "none") == 0)
-            mlp->activation = FT_ACT_NONE;
-        else
-            return ft_error_set(err, FT_EINVAL, "config.model.options.activation",
-                                "activation must be \"relu\", \"none\" or null");
-    } else if (act) {
-        mlp->activation = FT_ACT_NONE;
-    }
-    return FT_OK;
-}
-
 static enum ft_err parse_model(json_t *model, struct ft_run_config *c, struct ft_error *err)
 {
     static const char *const keys[] = {"name", "options", "output_dim", "freeze", NULL};
@@ -183,11 +133,8 @@ static enum ft_err parse_model(json_t *model, struct ft_run_config *c, struct ft
         return ft_error_set(err, FT_EINVAL, "config.model", "config.model is required");
     TRY(check_keys(model, keys, "config.model", err));
     TRY(get_string(model, "name", "config.model", c->model_name, sizeof c->model_name, 1, err));
-    if (strcmp(c->model_name, "mlp") != 0)
-        return ft_error_set(err, FT_EINVAL, "config.model.name", "unknown model '%s' (known: mlp)",
-                            c->model_name);
     TRY(get_object(model, "options", "config.model", &opts, err));
-    TRY(parse_mlp_options(opts, &c->mlp, err));
+    TRY(ft_model_check_options(c->model_name, opts, &c->model_options, err));
     TRY(get_int(model, "output_dim", "config.model", 1, 65536, &c->output_dim, err));
     TRY(get_bool(model, "freeze", "config.model", &c->freeze, err));
     if (c->freeze && !c->output_dim)
@@ -363,14 +310,9 @@ static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
 {
     static const char *const dist[] = {"cosine", "euclidean"};
     static const char *const types[] = {"all", "hard", "semihard", "easy"};
-    json_t *hs = json_array();
-    for (int i = 0; i < c->mlp.num_hidden; i++)
-        json_array_append_new(hs, json_integer(c->mlp.hidden_sizes[i]));
     json_t *model =
-        json_pack("{s:s, s:{s:o, s:o, s:b, s:s?, s:b}, s:o, s:b}", "name", c->model_name, "options",
-                  "input_size", c->mlp.input_size ? json_integer(c->mlp.input_size) : json_null(),
-                  "hidden_sizes", hs, "bias", c->mlp.bias, "activation",
-                  c->mlp.activation == FT_ACT_RELU ? "relu" : NULL, "l2", c->mlp.l2, "output_dim",
+        json_pack("{s:s, s:o, s:o, s:b}", "name", c->model_name, "options",
+                  json_deep_copy(c->model_options), "output_dim",
                   c->output_dim ? json_integer(c->output_dim) : json_null(), "freeze", c->freeze);
     json_t *data = json_pack("{s:s, s:s?, s:f, s:i, s:s, s:o}", "train_data", c->train_data,
                              "eval_data", c->eval_data[0] ? c->eval_data : NULL, "val_split",
@@ -439,6 +381,8 @@ static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_
 
 void ft_run_config_clear(struct ft_run_config *c)
 {
+    json_decref(c->model_options);
+    c->model_options = NULL;
     json_decref(c->optimizer_options);
     json_decref(c->scheduler_options);
     c->optimizer_options = NULL;

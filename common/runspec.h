@@ -15,7 +15,7 @@
 #include "callbacks.h"
 #include "ft_error.h"
 #include "loss.h"
-#include "nn.h"
+#include "model.h"
 #include "optim.h"
 
 #include <jansson.h>
@@ -23,8 +23,9 @@
 
 struct ft_run_config {
     /* model */
-    char model_name[32];       /* "mlp" */
-    struct ft_mlp_config mlp;  /* input_size 0 = take the train dataset's dims */
+    char model_name[32];       /* "mlp" | "cnn" */
+    json_t *model_options;     /* owned: normalised (ft_model_check_options); input_size /
+                                  input_shape null = taken from the train data */
     int output_dim;            /* 0 = none; else a linear projection head is appended */
     int freeze;                /* 1 = train only the projection head (needs output_dim) */
     /* data */

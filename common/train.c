@@ -7,6 +7,7 @@
 
 #include "evaluation.h"
 #include "metrics.h"
+#include "model.h"
 #include "rng.h"
 #include "safetensors.h"
 #include "sampler.h"
@@ -36,8 +37,9 @@ struct trainer {
     int64_t *idx;
     int32_t *yb;
     float *xb, *emb, *demb;
-    float *best_params;                          /* copy of the best epoch's params (num_params) */
-    ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS]; /* one per EvaluationCallback (owned) */
+    /* the best epoch's params then buffers (num_params + num_buffers) */
+    float *best_params;
+    ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS];        /* one per EvaluationCallback (owned) */
     struct ft_metrics_result mr[FT_MAX_EVAL_CALLBACKS]; /* their latest results */
     int64_t step;                                       /* optimizer steps taken (batches) */
 };
@@ -106,33 +108,22 @@ static int auto_batch_size(const struct ft_run_config *c, int64_t n)
 
 static enum ft_err build_model(struct trainer *t, struct ft_error *err)
 {
-    struct ft_mlp_config mc = t->cfg->mlp;
     const struct ft_run_config *c = t->cfg;
-    if (mc.input_size == 0)
-        mc.input_size = t->train->dim;
-    if (mc.input_size != t->train->dim)
-        return ft_error_set(err, FT_EINVAL, "config.model.options.input_size",
-                            "input_size %d does not match train_data's %d columns", mc.input_size,
-                            t->train->dim);
-    if (c->output_dim) {
-        if (mc.num_hidden >= FT_MLP_MAX_LAYERS)
-            return ft_error_set(err, FT_EINVAL, "config.model.output_dim", "too many layers");
-        mc.hidden_sizes[mc.num_hidden++] = c->output_dim;
-    }
-    enum ft_err e = ft_model_new_mlp(&mc, c->seed, &t->model, err);
+    const int *is = t->train->image_shape; /* C, H, W of image data (cnn), else 0s */
+    int shape[3] = {1, 1, t->train->dim};
+    if (is[0] > 0 && (long)is[0] * is[1] * is[2] == t->train->dim)
+        memcpy(shape, is, sizeof shape);
+    json_t *mc = json_pack("{s:s, s:O?, s:o}", "name", c->model_name, "options", c->model_options,
+                           "output_dim", c->output_dim ? json_integer(c->output_dim) : json_null());
+    enum ft_err e = mc ? ft_model_new(mc, shape, c->seed, &t->model, err)
+                       : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    json_decref(mc);
     if (e != FT_OK)
         return e;
     t->in_dim = ft_model_input_dim(t->model);
     t->out_dim = ft_model_output_dim(t->model);
-    if (c->freeze) {
-        /* the head is the last linear layer: its weight is the second-to-last tensor with a
-         * bias, the last without */
-        int nt = ft_model_num_tensors(t->model);
-        const char *name;
-        int ndim;
-        int64_t shape[2];
-        ft_model_tensor(t->model, nt - (mc.bias ? 2 : 1), &name, &ndim, shape, &t->head_offset);
-    }
+    if (c->freeze) /* train only the projection head */
+        t->head_offset = ft_model_head_offset(t->model);
     return ft_optim_new(&c->optim, ft_model_num_params(t->model) - t->head_offset, &t->optim, err);
 }
 
@@ -144,7 +135,8 @@ static enum ft_err alloc_buffers(struct trainer *t, struct ft_error *err)
     t->xb = malloc(B * (size_t)t->in_dim * sizeof *t->xb);
     t->emb = malloc(B * (size_t)t->out_dim * sizeof *t->emb);
     t->demb = malloc(B * (size_t)t->out_dim * sizeof *t->demb);
-    t->best_params = malloc(ft_model_num_params(t->model) * sizeof *t->best_params);
+    t->best_params = malloc((ft_model_num_params(t->model) + ft_model_num_buffers(t->model)) *
+                            sizeof *t->best_params);
     if (!t->idx || !t->yb || !t->xb || !t->emb || !t->demb || !t->best_params)
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
     return FT_OK;
@@ -201,7 +193,7 @@ static int all_finite(const float *x, size_t n)
 static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_error *err)
 {
     gather(t, t->train, B);
-    enum ft_err e = ft_model_forward(t->model, t->xb, B, t->emb);
+    enum ft_err e = ft_model_forward(t->model, t->xb, B, t->emb, 1);
     if (e == FT_OK)
         e = ft_triplet_margin_loss(loss, t->demb, t->emb, t->yb, B, t->out_dim, &t->cfg->triplet,
                                    NULL);
@@ -239,7 +231,7 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
     while (e == FT_OK && ft_sampler_next(s, t->idx)) {
         float loss;
         gather(t, t->eval, t->B);
-        e = ft_model_forward(t->model, t->xb, t->B, t->emb);
+        e = ft_model_forward(t->model, t->xb, t->B, t->emb, 0);
         if (e == FT_OK)
             e = ft_triplet_margin_loss(&loss, NULL, t->emb, t->yb, t->B, t->out_dim,
                                        &t->cfg->triplet, NULL);
@@ -270,8 +262,8 @@ static float *embed(struct trainer *t, const struct ft_dataset *ds, int batch)
         const float *x = ds->x + (size_t)i * ds->dim;
         for (int r = 0; chunk && r < b; r++)
             load_row(t, ds, i + r, chunk + (size_t)r * ds->dim);
-        ok =
-            ft_model_forward(t->model, chunk ? chunk : x, b, out + (size_t)i * t->out_dim) == FT_OK;
+        ok = ft_model_forward(t->model, chunk ? chunk : x, b, out + (size_t)i * t->out_dim, 0) ==
+             FT_OK;
     }
     free(chunk);
     if (!ok) {
@@ -382,13 +374,22 @@ static int monitor_value(enum ft_monitor_kind kind, int metric, double train_los
     return 0;
 }
 
+/* Copy the model's parameters and buffers (batch-norm running statistics) to best_params
+ * (save = 1) or back (save = 0). */
+static void copy_weights(struct trainer *t, int save)
+{
+    size_t np = ft_model_num_params(t->model), nb = ft_model_num_buffers(t->model);
+    float *p = ft_model_params(t->model), *b = ft_model_buffers(t->model);
+    memcpy(save ? t->best_params : p, save ? p : t->best_params, np * sizeof *p);
+    memcpy(save ? t->best_params + np : b, save ? b : t->best_params + np, nb * sizeof *b);
+}
+
 static void checkpoint_epoch(struct trainer *t, struct ft_best_checkpoint *b, int epoch, int has,
                              double v)
 {
     double before = b->best_epoch ? b->best_value : (b->mode == FT_MODE_MIN ? INFINITY : -INFINITY);
     if (ft_best_checkpoint_update(b, epoch, has, v)) {
-        memcpy(t->best_params, ft_model_params(t->model),
-               ft_model_num_params(t->model) * sizeof(float));
+        copy_weights(t, 1);
         tlog(t, "Model improved from %.3f to %.3f!", before, v);
     } else {
         tlog(t, "Model did not improve");
@@ -458,14 +459,14 @@ static enum ft_err write_artifact(struct trainer *t, json_t *config, json_t *aft
     struct ft_tensor_view *views = calloc((size_t)nt, sizeof *views);
     if (!views)
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
-    for (int i = 0; i < nt; i++) {
-        size_t off;
-        int64_t shape[2];
-        ft_model_tensor(t->model, i, &views[i].name, &views[i].ndim, shape, &off);
+    for (int i = 0; i < nt; i++) { /* parameters and buffers (batch-norm statistics) */
+        int64_t shape[4];
+        float *data;
+        ft_model_tensor(t->model, i, &views[i].name, &views[i].ndim, shape, &data, NULL);
         views[i].dtype = "F32";
-        views[i].shape[0] = shape[0];
-        views[i].shape[1] = shape[1];
-        views[i].data = ft_model_params(t->model) + off;
+        for (int k = 0; k < 4; k++)
+            views[i].shape[k] = shape[k];
+        views[i].data = data;
     }
     json_t *mc = ft_model_config_json(t->model);
     char *mc_s = json_dumps(mc, JSON_COMPACT | JSON_SORT_KEYS);
@@ -539,8 +540,7 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
     }
     res->best_epoch = bc.best_epoch;
     if (bc.best_epoch) /* the artifact is the best epoch's model */
-        memcpy(ft_model_params(t->model), t->best_params,
-               ft_model_num_params(t->model) * sizeof(float));
+        copy_weights(t, 0);
     return FT_OK;
 }
 

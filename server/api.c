@@ -14,16 +14,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define API_PREFIX "/api/v1"
 #define MAX_SEGS 8
+
+/* rows and labels of the last dataset check_dataset looked at */
+struct ds_shape {
+    int64_t rows;
+    int labels;
+};
 
 struct ctx {
     struct ft_api *api;
     const struct ft_http_request *req;
     struct ft_http_response *resp;
     const char *cap[MAX_SEGS]; /* captured "*" segments */
+    struct ds_shape shape;     /* set by check_dataset */
     char segbuf[1024];
 };
 
@@ -148,6 +156,13 @@ static void h_dataset_delete(struct ctx *c)
     respond_deleted(c, c->cap[0]);
 }
 
+/* Is the media type of Content-Type ct (before any ';' parameters) type, case-insensitively? */
+static int media_type_is(const char *ct, const char *type)
+{
+    size_t n = strlen(type);
+    return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
 /* "csv" | "idx" from ?format= or the Content-Type; NULL after answering 400. */
 static const char *upload_format(struct ctx *c)
 {
@@ -159,9 +174,9 @@ static const char *upload_format(struct ctx *c)
         fail(c, FT_EINVAL, "format", "unknown format '%.32s' (known: csv, idx)", f);
         return NULL;
     }
-    if (strncmp(ct, "text/csv", 8) == 0)
+    if (media_type_is(ct, "text/csv"))
         return "csv";
-    if (strncmp(ct, "multipart/form-data", 19) == 0)
+    if (media_type_is(ct, "multipart/form-data"))
         return "idx";
     fail(c, FT_EINVAL, "format",
          "cannot tell the dataset format: pass ?format=csv|idx or Content-Type text/csv or "
@@ -225,6 +240,33 @@ static enum ft_err store_upload(struct ctx *c, const char *name, const char *for
     return e;
 }
 
+/* A small upload can decode into a large dataset (gzip): limit what is stored. Label names
+ * live in the stored file's header, which readers cap at 100 MB: keep them well below. */
+static enum ft_err check_upload_size(struct ctx *c, const struct ft_dataset *ds,
+                                     struct ft_error *err)
+{
+    double bytes = (double)ds->n * (double)ds->dim * sizeof(float);
+    size_t label_bytes = 0;
+    if (c->api->max_dataset && bytes > (double)c->api->max_dataset)
+        return ft_error_set(err, FT_ETOO_LARGE, "body",
+                            "the dataset decodes to %.0f MiB (%lld rows x %d columns as float32), "
+                            "more than the limit of %zu MiB (--max-dataset-mb)",
+                            bytes / 1048576.0, (long long)ds->n, ds->dim,
+                            c->api->max_dataset >> 20);
+    for (int i = 0; i < ds->num_labels; i++) {
+        size_t n = strlen(ds->label_names[i]);
+        if (n > 1024)
+            return ft_error_set(err, FT_EINVAL, "body",
+                                "label %d is %zu bytes long; labels are at most 1024 bytes", i, n);
+        label_bytes += n;
+    }
+    if (label_bytes > (16u << 20))
+        return ft_error_set(err, FT_EINVAL, "body",
+                            "the %d distinct labels take %zu bytes; at most 16 MiB are allowed",
+                            ds->num_labels, label_bytes);
+    return FT_OK;
+}
+
 static void h_dataset_put(struct ctx *c)
 {
     struct ft_error err;
@@ -242,6 +284,8 @@ static void h_dataset_put(struct ctx *c)
                     "dataset '%s' already exists; delete it first or pick another name", name);
     }
     enum ft_err e = parse_upload(c, format, &ds, &err);
+    if (e == FT_OK)
+        e = check_upload_size(c, ds, &err);
     if (e == FT_OK)
         e = store_upload(c, name, format, ds, &err);
     ft_dataset_free(ds);
@@ -332,7 +376,61 @@ static enum ft_err check_dataset(struct ctx *c, const char *name, const char *pa
                             "/api/v1/datasets/%s",
                             name, ft_store_valid_name(name) ? name : "<name>");
     *found_dims = (int)json_integer_value(json_object_get(o, "dims"));
+    c->shape.rows = json_integer_value(json_object_get(o, "rows"));
+    c->shape.labels = (int)json_integer_value(json_object_get(o, "labels"));
     json_decref(o);
+    return FT_OK;
+}
+
+/* What the data must hold for the batches the config asks for: two labels to learn from, and
+ * with a fixed batch_size enough training and eval rows to fill one batch. */
+static enum ft_err check_batches(const struct ft_run_config *cfg, struct ds_shape train,
+                                 struct ds_shape eval, struct ft_error *err)
+{
+    int k = strcmp(cfg->sampler, "random") == 0 ? 1 : cfg->num_items_per_class;
+    int64_t rows = train.rows - (int64_t)((double)train.rows * cfg->val_split);
+    if (train.labels < 2)
+        return ft_error_set(err, FT_EINVAL, "config.data.train_data",
+                            "train_data '%s' has %d label; metric learning needs at least two",
+                            cfg->train_data, train.labels);
+    if (cfg->batch_size && k > 1 && cfg->batch_size < 2 * k)
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.batch_size",
+                            "batch_size %d holds a single class of num_items_per_class %d: a "
+                            "batch needs at least two classes (batch_size >= %d)",
+                            cfg->batch_size, k, 2 * k);
+    if (cfg->batch_size && cfg->batch_size > rows)
+        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.batch_size",
+                            "batch_size %d is larger than the %lld training rows of '%s'",
+                            cfg->batch_size, (long long)rows, cfg->train_data);
+    if (cfg->batch_size && eval.rows && cfg->batch_size > eval.rows)
+        return ft_error_set(err, FT_EINVAL, "config.data.eval_data",
+                            "eval_data '%s' has %lld rows, fewer than one batch of %d",
+                            cfg->eval_data, (long long)eval.rows, cfg->batch_size);
+    return FT_OK;
+}
+
+/* The model's input against the train data's dims: mlp input_size (filled in the normalised
+ * config when absent), cnn input_shape when given (else the worker takes the stored dataset's
+ * image shape). */
+static enum ft_err check_model_input(const struct ft_run_config *cfg, json_t *norm, int tdims,
+                                     struct ft_error *err)
+{
+    json_t *opts = json_object_get(json_object_get(norm, "model"), "options");
+    json_t *size = json_object_get(opts, "input_size"),
+           *shape = json_object_get(opts, "input_shape");
+    long n = 1;
+    if (json_is_integer(size) && json_integer_value(size) != tdims)
+        return ft_error_set(err, FT_EINVAL, "config.model.options.input_size",
+                            "input_size is %lld but train_data '%s' has %d columns",
+                            (long long)json_integer_value(size), cfg->train_data, tdims);
+    for (size_t i = 0; i < json_array_size(shape); i++)
+        n *= (long)json_integer_value(json_array_get(shape, i));
+    if (json_array_size(shape) && n != tdims)
+        return ft_error_set(err, FT_EINVAL, "config.model.options.input_shape",
+                            "input_shape has %ld values but train_data '%s' has %d columns", n,
+                            cfg->train_data, tdims);
+    if (strcmp(cfg->model_name, "mlp") == 0)
+        json_object_set_new(opts, "input_size", json_integer(tdims));
     return FT_OK;
 }
 
@@ -342,22 +440,24 @@ static enum ft_err check_run_datasets(struct ctx *c, struct ft_run_config *cfg, 
                                       struct ft_error *err)
 {
     int tdims, dims;
+    struct ds_shape train = {0}, eval = {0};
     enum ft_err e = check_dataset(c, cfg->train_data, "config.data.train_data", &tdims, err);
     if (e != FT_OK)
         return e;
-    if (cfg->mlp.input_size && cfg->mlp.input_size != tdims)
-        return ft_error_set(err, FT_EINVAL, "config.model.options.input_size",
-                            "input_size is %d but train_data '%s' has %d columns",
-                            cfg->mlp.input_size, cfg->train_data, tdims);
-    json_object_set_new(json_object_get(json_object_get(norm, "model"), "options"), "input_size",
-                        json_integer(tdims));
+    train = c->shape;
+    e = check_model_input(cfg, norm, tdims, err);
+    if (e != FT_OK)
+        return e;
     if (cfg->eval_data[0]) {
         e = check_dataset(c, cfg->eval_data, "config.data.eval_data", &dims, err);
         if (e == FT_OK && dims != tdims)
             e = ft_error_set(err, FT_EINVAL, "config.data.eval_data",
                              "eval_data '%s' has %d columns, train_data %d", cfg->eval_data, dims,
                              tdims);
+        eval = c->shape;
     }
+    if (e == FT_OK)
+        e = check_batches(cfg, train, eval, err);
     for (int i = 0; e == FT_OK && i < cfg->callbacks.num_eval; i++) {
         const struct ft_eval_callback *cb = &cfg->callbacks.eval[i];
         for (int k = 0; k < 2 && e == FT_OK; k++) {
@@ -697,6 +797,9 @@ static void route(struct ctx *c)
     const char *path = c->req->path;
     size_t plen = strlen(API_PREFIX);
     int n = -1;
+    if (strlen(path) >= sizeof c->segbuf)
+        return fail(c, FT_EURI_TOO_LONG, "path", "the path is longer than %zu bytes",
+                    sizeof c->segbuf - 1);
     if (strncmp(path, API_PREFIX, plen) == 0 && (path[plen] == '/' || path[plen] == '\0'))
         n = split(c, path + plen, segs);
     int path_found = 0;

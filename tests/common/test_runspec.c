@@ -75,10 +75,12 @@ Test(runspec, full_config_parses)
         "\"te\"}}, {\"name\": \"EarlyStopping\", \"options\": {\"monitor\": "
         "\"mlp_precision_at_k\"}}], \"seed\": 7}";
     cr_assert_eq(parse(text, &c, NULL, &err), FT_OK, "%s (%s)", err.message, err.param);
-    cr_assert_eq(c.mlp.num_hidden, 2);
-    cr_assert_eq(c.mlp.hidden_sizes[1], 128);
-    cr_assert_eq(c.mlp.l2, 1);
-    cr_assert_eq(c.mlp.bias, 0);
+    json_t *hs = json_object_get(c.model_options, "hidden_sizes");
+    cr_assert_eq(json_array_size(hs), 2);
+    cr_assert_eq(json_integer_value(json_array_get(hs, 1)), 128);
+    cr_assert(json_is_true(json_object_get(c.model_options, "l2")));
+    cr_assert(json_is_false(json_object_get(c.model_options, "bias")));
+    cr_assert_eq(json_integer_value(json_object_get(c.model_options, "input_size")), 784);
     cr_assert_eq(c.triplet.distance, FT_DIST_COSINE);
     cr_assert_eq(c.triplet.use_miner, 1);
     cr_assert_eq(c.triplet.type, FT_TRIPLETS_SEMIHARD);

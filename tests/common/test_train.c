@@ -186,7 +186,7 @@ Test(train, non_finite_loss_fails_with_epoch_and_batch)
         tr->x[i] *= 1e30f;
     config(&cfg, "[]", 2);
     cfg.eval_data[0] = '\0';
-    cfg.mlp.l2 = 0;
+    json_object_set_new(cfg.model_options, "l2", json_false());
     cfg.triplet.distance = FT_DIST_EUCLIDEAN;
     cfg.triplet.normalize_embeddings = 0;
     struct ft_train_inputs in = {.train = tr};

@@ -113,7 +113,7 @@ static void request_parts(const char *method, const char *target, const char *ct
                           struct ft_http_response *resp)
 {
     struct ft_http_request req = {0};
-    char buf[1024];
+    char buf[4096];
     snprintf(buf, sizeof buf, "%s", target);
     parse_query(buf, &req);
     req.method = method;
@@ -579,7 +579,7 @@ Test(api, run_submit_with_callbacks_and_eval_data)
         "e",
         "{'name': 'full', 'config': {'model': {'name': 'mlp', 'options': {'hidden_sizes': [8]}},"
         " 'data': {'train_data': 'ds', 'eval_data': 'ev'},"
-        " 'hyper_parameters': {'optimizer': 'SGD', 'epochs': 2, 'batch_size': 8,"
+        " 'hyper_parameters': {'optimizer': 'SGD', 'epochs': 2,"
         "   'miner': 'TripletMarginMiner'},"
         " 'callbacks': [{'name': 'EvaluationCallback', 'options': {'query_data': 'ev'}},"
         "  {'name': 'BestModelCheckpoint', 'options': {'monitor': 'val_loss'}},"
@@ -595,6 +595,28 @@ Test(api, run_submit_with_callbacks_and_eval_data)
     json_decref(run);
     /* both datasets are now in use */
     expect_error("DELETE", "/api/v1/datasets/ev", NULL, 409, "conflict", "dataset");
+    finish();
+}
+
+Test(api, runs_the_data_cannot_feed_are_rejected_at_submission)
+{
+    put_csv("ds", CSV3);
+    put_csv("one", "label,a,b\ncat,0,1\ncat,1,0\ncat,1,1\n");
+    put_csv("ev", "label,a,b\ncat,0,1\ndog,1,0\n");
+    const char *m = "'model': {'name': 'mlp'}";
+    char body[512];
+    snprintf(body, sizeof body, "{'config': {%s, 'data': {'train_data': 'one'}}}", m);
+    expect_submit_error(body, "config.data.train_data");
+    snprintf(body, sizeof body,
+             "{'config': {%s, 'data': {'train_data': 'ds'}, 'hyper_parameters': {'batch_size': "
+             "64}}}",
+             m);
+    expect_submit_error(body, "config.hyper_parameters.batch_size");
+    snprintf(body, sizeof body,
+             "{'config': {%s, 'data': {'train_data': 'ds', 'num_items_per_class': 2}, "
+             "'hyper_parameters': {'batch_size': 2}}}",
+             m);
+    expect_submit_error(body, "config.hyper_parameters.batch_size");
     finish();
 }
 
@@ -940,5 +962,32 @@ Test(api, wrong_method_is_405_with_allow)
     expect_405("POST", "/api/v1/experiments/e/runs/r/status", "GET");
     expect_405("GET", "/api/v1/experiments/e/runs/r/cancel", "POST");
     expect_405("DELETE", "/api/v1/experiments/e/runs/r/artifact", "GET");
+    finish();
+}
+
+Test(api, hostile_paths_types_and_sizes)
+{
+    struct ft_http_response resp = {0};
+    char path[1200];
+    /* a path longer than the router reads is refused, never cut short */
+    memset(path, '/', sizeof path - 1);
+    memcpy(path, "/api/v1/datasets/x", 18);
+    path[sizeof path - 1] = '\0';
+    expect_error("DELETE", path, NULL, 414, "uri_too_long", "path");
+    /* media types match exactly, case-insensitively */
+    request("PUT", "/api/v1/datasets/t1", "text/csvfoo", CSV3, &resp);
+    cr_assert_eq(resp.status, 400, "text/csvfoo is not CSV");
+    ft_http_response_clear(&resp);
+    request("PUT", "/api/v1/datasets/t2", "TEXT/CSV", CSV3, &resp);
+    cr_assert_eq(resp.status, 201, "TEXT/CSV is CSV: %s", resp.body);
+    ft_http_response_clear(&resp);
+    /* a dataset that decodes to more than max_dataset is 413 and not stored */
+    E.api.max_dataset = 16;
+    request("PUT", "/api/v1/datasets/big", "text/csv", CSV3, &resp);
+    cr_assert_eq(resp.status, 413, "%s", resp.body);
+    cr_assert(strstr(resp.body, "--max-dataset-mb"), "%s", resp.body);
+    ft_http_response_clear(&resp);
+    E.api.max_dataset = 0;
+    expect_error("GET", "/api/v1/datasets/big", NULL, 404, "not_found", "dataset");
     finish();
 }

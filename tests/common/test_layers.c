@@ -1,0 +1,735 @@
+/* test_layers.c — the layer kernels of nn.h beyond linear/relu/l2 (gelu, tanh, sigmoid, batch
+ * norm, layer norm, dropout, conv2d, max/avg/global pooling, flatten) against their PyTorch
+ * fixtures (tests/fixtures/torch/README.md) and against central finite differences in double
+ * of independent double reference implementations on tiny shapes. */
+#include "nn.h"
+#include "rng.h"
+#include "support/fixture.h"
+#include "support/nn_ref.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FD_H 1e-6
+#define FD_ATOL 1e-5
+#define FD_RTOL 1e-4
+
+/* ---- helpers ---- */
+
+static void assert_expected(json_t *fx, const char *name, const float *got)
+{
+    size_t n;
+    double *want = fx_doubles(fx, "expected", name, &n);
+    fx_assert_close_tol(fx, name, got, want, n);
+    free(want);
+}
+
+static int param_int(json_t *fx, const char *name)
+{
+    json_t *v = json_object_get(json_object_get(fx, "params"), name);
+    cr_assert(json_is_integer(v), "fixture params.%s", name);
+    return (int)json_integer_value(v);
+}
+
+static float *random_floats(struct ft_rng *rng, size_t n, double scale)
+{
+    float *v = malloc(n * sizeof *v);
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (float)((2.0 * ft_rng_uniform(rng) - 1.0) * scale);
+    return v;
+}
+
+static double *to_double(const float *v, size_t n)
+{
+    double *d = malloc(n * sizeof *d);
+    cr_assert_not_null(d);
+    for (size_t i = 0; i < n; i++)
+        d[i] = v[i];
+    return d;
+}
+
+static float *zeros(size_t n)
+{
+    float *v = calloc(n ? n : 1, sizeof *v);
+    cr_assert_not_null(v);
+    return v;
+}
+
+typedef double (*scalar_fn)(void *ctx);
+
+/* Central differences of f w.r.t. every entry of v (n), compared with grad (float). */
+static void check_fd(const char *label, scalar_fn f, void *ctx, double *v, size_t n,
+                     const float *grad)
+{
+    for (size_t i = 0; i < n; i++) {
+        double keep = v[i];
+        v[i] = keep + FD_H;
+        double fp = f(ctx);
+        v[i] = keep - FD_H;
+        double fm = f(ctx);
+        v[i] = keep;
+        double fd = (fp - fm) / (2.0 * FD_H);
+        cr_assert(fabs(grad[i] - fd) <= FD_ATOL + FD_RTOL * fabs(fd),
+                  "%s[%zu]: analytic %.9g, finite difference %.9g", label, i, (double)grad[i], fd);
+    }
+}
+
+/* ---- element-wise activations ---- */
+
+enum act { A_GELU_ERF, A_GELU_TANH, A_TANH, A_SIGMOID };
+
+static enum ref_act to_ref(enum act a)
+{
+    static const enum ref_act map[] = {REF_GELU_ERF, REF_GELU_TANH, REF_TANH, REF_SIGMOID};
+    return map[a];
+}
+
+static void act_forward(enum act a, float *out, const float *x, size_t n)
+{
+    if (a == A_GELU_ERF || a == A_GELU_TANH)
+        ft_gelu_forward(out, x, n, a == A_GELU_ERF ? FT_GELU_ERF : FT_GELU_TANH);
+    else if (a == A_TANH)
+        ft_tanh_forward(out, x, n);
+    else
+        ft_sigmoid_forward(out, x, n);
+}
+
+/* gelu's backward reads the input, tanh's and sigmoid's the output. */
+static void act_backward(enum act a, float *dx, const float *dout, const float *x, const float *out,
+                         size_t n)
+{
+    if (a == A_GELU_ERF || a == A_GELU_TANH)
+        ft_gelu_backward(dx, dout, x, n, a == A_GELU_ERF ? FT_GELU_ERF : FT_GELU_TANH);
+    else if (a == A_TANH)
+        ft_tanh_backward(dx, dout, out, n);
+    else
+        ft_sigmoid_backward(dx, dout, out, n);
+}
+
+static void act_fixture(const char *file, enum act a)
+{
+    json_t *fx = fx_load(file);
+    size_t n;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *out = zeros(n), *dx = zeros(n);
+    act_forward(a, out, x, n);
+    act_backward(a, dx, dout, x, out, n);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    act_forward(a, x, x, n); /* in place */
+    assert_expected(fx, "out", x);
+    free(x), free(dout), free(out), free(dx);
+    json_decref(fx);
+}
+
+Test(gelu, tanh_fixture)
+{
+    act_fixture("torch/gelu_tanh.json", A_GELU_TANH);
+}
+
+Test(gelu, erf_fixture)
+{
+    act_fixture("torch/gelu_erf.json", A_GELU_ERF);
+}
+
+Test(tanh, fixture)
+{
+    act_fixture("torch/tanh.json", A_TANH);
+}
+
+Test(sigmoid, fixture)
+{
+    act_fixture("torch/sigmoid.json", A_SIGMOID);
+}
+
+struct act_ctx {
+    enum act a;
+    double *x;
+    const float *dout;
+    size_t n;
+};
+
+static double act_objective(void *p)
+{
+    struct act_ctx *c = p;
+    double s = 0.0;
+    for (size_t i = 0; i < c->n; i++)
+        s += ref_act(to_ref(c->a), c->x[i]) * c->dout[i];
+    return s;
+}
+
+static void act_fd(enum act a)
+{
+    enum { N = 40 };
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 20 + a);
+    float *x = random_floats(&rng, N, 4.0), *dout = random_floats(&rng, N, 1.0);
+    float out[N], dx[N];
+    double ref[N];
+    act_forward(a, out, x, N);
+    act_backward(a, dx, dout, x, out, N);
+    struct act_ctx c = {a, to_double(x, N), dout, N};
+    for (int i = 0; i < N; i++)
+        ref[i] = ref_act(to_ref(a), c.x[i]);
+    fx_assert_close("out", out, ref, N, 2e-6, 1e-5);
+    check_fd("dx", act_objective, &c, c.x, N, dx);
+    free(x), free(dout), free(c.x);
+}
+
+Test(gelu, erf_backward_matches_finite_differences)
+{
+    act_fd(A_GELU_ERF);
+}
+
+Test(gelu, tanh_backward_matches_finite_differences)
+{
+    act_fd(A_GELU_TANH);
+}
+
+Test(tanh, backward_matches_finite_differences)
+{
+    act_fd(A_TANH);
+}
+
+Test(sigmoid, backward_matches_finite_differences)
+{
+    act_fd(A_SIGMOID);
+}
+
+Test(gelu, tails_are_finite_and_exact)
+{
+    float x[4] = {-30.0f, -10.0f, 10.0f, 30.0f}, out[4], dx[4], dout[4] = {1, 1, 1, 1};
+    ft_gelu_forward(out, x, 4, FT_GELU_ERF);
+    ft_gelu_backward(dx, dout, x, 4, FT_GELU_ERF);
+    for (int i = 0; i < 4; i++)
+        cr_assert(isfinite(out[i]) && isfinite(dx[i]));
+    cr_assert_float_eq(out[0], 0.0f, 1e-30);
+    cr_assert_float_eq(out[3], 30.0f, 1e-6);
+    cr_assert_float_eq(dx[3], 1.0f, 1e-7);
+    ft_sigmoid_forward(out, x, 4);
+    cr_assert(out[0] >= 0.0f && out[0] < 1e-12f && out[3] == 1.0f);
+}
+
+/* ---- batch norm ---- */
+
+static void batchnorm_fixture(const char *file, int training, int S)
+{
+    json_t *fx = fx_load(file);
+    size_t n;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *w = fx_floats(fx, "inputs", "weight", NULL), *b = fx_floats(fx, "inputs", "bias", NULL);
+    float *rm = fx_floats(fx, "inputs", "running_mean", NULL);
+    float *rv = fx_floats(fx, "inputs", "running_var", NULL);
+    int N = fx_dim(fx, "inputs", "x", 0), C = fx_dim(fx, "inputs", "x", 1);
+    cr_assert_eq((size_t)N * C * S, n);
+    float *out = zeros(n), *dx = zeros(n), *dw = zeros(C), *db = zeros(C);
+    float *mean = zeros(C), *rstd = zeros(C), *var = zeros(C), rm0 = rm[0], rv0 = rv[0];
+    ft_batchnorm_forward(out, mean, rstd, rm, rv, x, w, b, N, C, S, training);
+    ft_batchnorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, C, S, training);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    assert_expected(fx, "dweight", dw);
+    assert_expected(fx, "dbias", db);
+    if (training) {
+        for (int c = 0; c < C; c++)
+            var[c] = 1.0f / (rstd[c] * rstd[c]) - 1e-5f;
+        assert_expected(fx, "batch_mean", mean);
+        assert_expected(fx, "batch_var", var);
+        assert_expected(fx, "running_mean_new", rm);
+        assert_expected(fx, "running_var_new", rv);
+    } else {
+        cr_assert(rm[0] == rm0 && rv[0] == rv0, "eval mode leaves the running statistics");
+    }
+    free(x), free(dout), free(w), free(b), free(rm), free(rv), free(out), free(dx), free(dw);
+    free(db), free(mean), free(rstd), free(var);
+    json_decref(fx);
+}
+
+Test(batchnorm, bn1d_train_fixture)
+{
+    batchnorm_fixture("torch/batchnorm1d_train.json", 1, 1);
+}
+
+Test(batchnorm, bn1d_eval_fixture)
+{
+    batchnorm_fixture("torch/batchnorm1d_eval.json", 0, 1);
+}
+
+Test(batchnorm, bn2d_train_fixture)
+{
+    batchnorm_fixture("torch/batchnorm2d_train.json", 1, 9);
+}
+
+struct bn_ctx {
+    double *x, *w, *b, *rm, *rv;
+    const float *dout;
+    int N, C, S, training;
+};
+
+static double bn_objective(void *p)
+{
+    struct bn_ctx *c = p;
+    size_t n = (size_t)c->N * c->C * c->S;
+    double *out = malloc(n * sizeof *out);
+    ref_batchnorm(out, c->x, c->w, c->b, c->rm, c->rv, c->N, c->C, c->S, c->training);
+    double s = ref_dot(out, c->dout, n);
+    free(out);
+    return s;
+}
+
+static void batchnorm_fd(int N, int C, int S, int training)
+{
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 30 + training * 2 + (S > 1));
+    size_t n = (size_t)N * C * S;
+    float *x = random_floats(&rng, n, 2.0), *dout = random_floats(&rng, n, 1.0);
+    float *w = random_floats(&rng, C, 1.5), *b = random_floats(&rng, C, 1.0);
+    float *rm = random_floats(&rng, C, 0.5), *rv = random_floats(&rng, C, 0.5);
+    for (int c = 0; c < C; c++)
+        rv[c] += 1.0f; /* positive variances */
+    struct bn_ctx ctx = {to_double(x, n),
+                         to_double(w, C),
+                         to_double(b, C),
+                         to_double(rm, C),
+                         to_double(rv, C),
+                         dout,
+                         N,
+                         C,
+                         S,
+                         training};
+    float *out = zeros(n), *dx = zeros(n), *dw = zeros(C), *db = zeros(C);
+    float *mean = zeros(C), *rstd = zeros(C);
+    double *ref = malloc(n * sizeof *ref);
+    ref_batchnorm(ref, ctx.x, ctx.w, ctx.b, ctx.rm, ctx.rv, N, C, S, training);
+    /* training: no running statistics tracked (NULL); eval reads them */
+    ft_batchnorm_forward(out, mean, rstd, training ? NULL : rm, training ? NULL : rv, x, w, b, N, C,
+                         S, training);
+    ft_batchnorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, C, S, training);
+    fx_assert_close("out", out, ref, n, 1e-5, 1e-4);
+    check_fd("dx", bn_objective, &ctx, ctx.x, n, dx);
+    check_fd("dweight", bn_objective, &ctx, ctx.w, C, dw);
+    check_fd("dbias", bn_objective, &ctx, ctx.b, C, db);
+    free(x), free(dout), free(w), free(b), free(rm), free(rv), free(out), free(dx), free(dw);
+    free(db), free(mean), free(rstd), free(ref);
+    free(ctx.x), free(ctx.w), free(ctx.b), free(ctx.rm), free(ctx.rv);
+}
+
+Test(batchnorm, bn1d_train_matches_finite_differences)
+{
+    batchnorm_fd(6, 3, 1, 1);
+}
+
+Test(batchnorm, bn1d_eval_matches_finite_differences)
+{
+    batchnorm_fd(6, 3, 1, 0);
+}
+
+Test(batchnorm, bn2d_train_matches_finite_differences)
+{
+    batchnorm_fd(2, 3, 6, 1);
+}
+
+Test(batchnorm, bn2d_eval_matches_finite_differences)
+{
+    batchnorm_fd(2, 3, 6, 0);
+}
+
+Test(batchnorm, running_statistics_use_momentum_and_unbiased_var)
+{
+    float x[4] = {1, 3, 5, 7}, w[1] = {1}, b[1] = {0}, rm[1] = {2}, rv[1] = {4};
+    float out[4], mean[1], rstd[1];
+    ft_batchnorm_forward(out, mean, rstd, rm, rv, x, w, b, 4, 1, 1, 1);
+    cr_assert_float_eq(mean[0], 4.0f, 1e-6);
+    cr_assert_float_eq(rstd[0], 1.0 / sqrt(5.0 + 1e-5), 1e-6);    /* biased var 5 */
+    cr_assert_float_eq(rm[0], 0.9 * 2 + 0.1 * 4, 1e-6);           /* 2.2 */
+    cr_assert_float_eq(rv[0], 0.9 * 4 + 0.1 * 5.0 * 4 / 3, 1e-6); /* unbiased 20/3 */
+}
+
+/* ---- layer norm ---- */
+
+Test(layernorm, fixture)
+{
+    json_t *fx = fx_load("torch/layernorm.json");
+    size_t n;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *w = fx_floats(fx, "inputs", "weight", NULL), *b = fx_floats(fx, "inputs", "bias", NULL);
+    int B = fx_dim(fx, "inputs", "x", 0), D = fx_dim(fx, "inputs", "x", 1);
+    float *out = zeros(n), *dx = zeros(n), *dw = zeros(D), *db = zeros(D);
+    float *mean = zeros(B), *rstd = zeros(B);
+    ft_layernorm_forward(out, mean, rstd, x, w, b, B, D);
+    ft_layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, B, D);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "mean", mean);
+    assert_expected(fx, "rstd", rstd);
+    assert_expected(fx, "dx", dx);
+    assert_expected(fx, "dweight", dw);
+    assert_expected(fx, "dbias", db);
+    free(x), free(dout), free(w), free(b), free(out), free(dx), free(dw), free(db), free(mean);
+    free(rstd);
+    json_decref(fx);
+}
+
+struct ln_ctx {
+    double *x, *w, *b;
+    const float *dout;
+    int B, D;
+};
+
+static double ln_objective(void *p)
+{
+    struct ln_ctx *c = p;
+    double out[64];
+    ref_layernorm(out, c->x, c->w, c->b, c->B, c->D);
+    return ref_dot(out, c->dout, (size_t)c->B * c->D);
+}
+
+Test(layernorm, backward_matches_finite_differences)
+{
+    enum { B = 3, D = 7 };
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 40);
+    float *x = random_floats(&rng, B * D, 2.0), *dout = random_floats(&rng, B * D, 1.0);
+    float *w = random_floats(&rng, D, 1.5), *b = random_floats(&rng, D, 1.0);
+    float out[B * D], dx[B * D], dw[D] = {0}, db[D] = {0}, mean[B], rstd[B];
+    ft_layernorm_forward(out, mean, rstd, x, w, b, B, D);
+    ft_layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, B, D);
+    struct ln_ctx c = {to_double(x, B * D), to_double(w, D), to_double(b, D), dout, B, D};
+    double ref[B * D];
+    ref_layernorm(ref, c.x, c.w, c.b, B, D);
+    fx_assert_close("out", out, ref, B * D, 1e-5, 1e-4);
+    check_fd("dx", ln_objective, &c, c.x, B * D, dx);
+    check_fd("dweight", ln_objective, &c, c.w, D, dw);
+    check_fd("dbias", ln_objective, &c, c.b, D, db);
+    free(x), free(dout), free(w), free(b), free(c.x), free(c.w), free(c.b);
+}
+
+/* ---- dropout ---- */
+
+Test(dropout, seeded_mask_scales_kept_values)
+{
+    enum { N = 20000 };
+    struct ft_rng r1, r2;
+    ft_rng_seed(&r1, 50);
+    ft_rng_seed(&r2, 50);
+    float *x = random_floats(&r1, N, 1.0), *out = zeros(N), *mask = zeros(N);
+    float *out2 = zeros(N), *mask2 = zeros(N);
+    ft_rng_seed(&r1, 51);
+    ft_rng_seed(&r2, 51);
+    ft_dropout_forward(out, mask, x, N, 0.25f, &r1, 1);
+    ft_dropout_forward(out2, mask2, x, N, 0.25f, &r2, 1);
+    cr_assert(memcmp(mask, mask2, N * sizeof *mask) == 0, "same seed, same mask");
+    int kept = 0;
+    for (int i = 0; i < N; i++) {
+        cr_assert(mask[i] == 0.0f || mask[i] == 1.0f / 0.75f);
+        cr_assert_float_eq(out[i], x[i] * mask[i], 1e-7);
+        kept += mask[i] != 0.0f;
+    }
+    cr_assert(fabs(kept / (double)N - 0.75) < 0.02, "kept fraction %g", kept / (double)N);
+    /* the mask is the gradient */
+    float *dx = zeros(N);
+    ft_dropout_backward(dx, x, mask, N);
+    for (int i = 0; i < N; i++)
+        cr_assert_float_eq(dx[i], x[i] * mask[i], 1e-7);
+    free(x), free(out), free(mask), free(out2), free(mask2), free(dx);
+}
+
+Test(dropout, eval_and_p0_are_identity_without_draws)
+{
+    float x[5] = {1, -2, 3, -4, 5}, out[5], mask[5];
+    struct ft_rng r, before;
+    ft_rng_seed(&r, 52);
+    before = r;
+    ft_dropout_forward(out, mask, x, 5, 0.5f, &r, 0);
+    ft_dropout_forward(out, mask, x, 5, 0.0f, &r, 1);
+    cr_assert(memcmp(&r, &before, sizeof r) == 0, "no random draws");
+    for (int i = 0; i < 5; i++)
+        cr_assert(out[i] == x[i] && mask[i] == 1.0f);
+}
+
+struct drop_ctx {
+    double *x;
+    const float *mask, *dout;
+    size_t n;
+};
+
+static double drop_objective(void *p)
+{
+    struct drop_ctx *c = p;
+    double s = 0.0;
+    for (size_t i = 0; i < c->n; i++)
+        s += c->x[i] * c->mask[i] * c->dout[i];
+    return s;
+}
+
+Test(dropout, backward_matches_finite_differences_with_a_fixed_mask)
+{
+    enum { N = 30 };
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 53);
+    float *x = random_floats(&rng, N, 1.0), *dout = random_floats(&rng, N, 1.0);
+    float out[N], mask[N], dx[N];
+    ft_dropout_forward(out, mask, x, N, 0.4f, &rng, 1);
+    ft_dropout_backward(dx, dout, mask, N);
+    struct drop_ctx c = {to_double(x, N), mask, dout, N};
+    check_fd("dx", drop_objective, &c, c.x, N, dx);
+    free(x), free(dout), free(c.x);
+}
+
+/* ---- conv2d ---- */
+
+static void conv_fixture(const char *file)
+{
+    json_t *fx = fx_load(file);
+    float *x = fx_floats(fx, "inputs", "x", NULL), *dout = fx_floats(fx, "inputs", "dout", NULL);
+    float *w = fx_floats(fx, "inputs", "weight", NULL), *b = fx_floats(fx, "inputs", "bias", NULL);
+    struct ft_conv2d_shape s = {
+        fx_dim(fx, "inputs", "x", 0),      fx_dim(fx, "inputs", "x", 1),
+        fx_dim(fx, "inputs", "x", 2),      fx_dim(fx, "inputs", "x", 3),
+        fx_dim(fx, "inputs", "weight", 0), fx_dim(fx, "inputs", "weight", 2),
+        fx_dim(fx, "inputs", "weight", 3), param_int(fx, "stride"),
+        param_int(fx, "padding")};
+    cr_assert_eq(ft_conv2d_out_h(&s), fx_dim(fx, "inputs", "dout", 2));
+    cr_assert_eq(ft_conv2d_out_w(&s), fx_dim(fx, "inputs", "dout", 3));
+    size_t nx = (size_t)s.B * s.C * s.H * s.W, nw = (size_t)s.OC * s.C * s.KH * s.KW;
+    size_t no = (size_t)s.B * s.OC * ft_conv2d_out_h(&s) * ft_conv2d_out_w(&s);
+    float *out = zeros(no), *dx = zeros(nx), *dw = zeros(nw), *db = zeros(s.OC);
+    float *scratch = zeros(ft_conv2d_scratch_size(&s));
+    ft_conv2d_forward(out, scratch, x, w, b, &s);
+    ft_conv2d_backward(dx, dw, db, scratch, dout, x, w, &s);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    assert_expected(fx, "dweight", dw);
+    assert_expected(fx, "dbias", db);
+    free(x), free(dout), free(w), free(b), free(out), free(dx), free(dw), free(db), free(scratch);
+    json_decref(fx);
+}
+
+Test(conv2d, s1p1_fixture)
+{
+    conv_fixture("torch/conv2d_s1p1.json");
+}
+
+Test(conv2d, s2p0_fixture)
+{
+    conv_fixture("torch/conv2d_s2p0.json");
+}
+
+struct conv_ctx {
+    double *x, *w, *b;
+    const float *dout;
+    const struct ft_conv2d_shape *s;
+    size_t no;
+};
+
+static double conv_objective(void *p)
+{
+    struct conv_ctx *c = p;
+    double *out = malloc(c->no * sizeof *out);
+    ref_conv2d(out, c->x, c->w, c->b, c->s);
+    double r = ref_dot(out, c->dout, c->no);
+    free(out);
+    return r;
+}
+
+static void conv_fd(struct ft_conv2d_shape s, int bias, uint64_t seed)
+{
+    struct ft_rng rng;
+    ft_rng_seed(&rng, seed);
+    size_t nx = (size_t)s.B * s.C * s.H * s.W, nw = (size_t)s.OC * s.C * s.KH * s.KW;
+    size_t no = (size_t)s.B * s.OC * ft_conv2d_out_h(&s) * ft_conv2d_out_w(&s);
+    float *x = random_floats(&rng, nx, 1.0), *w = random_floats(&rng, nw, 1.0);
+    float *b = bias ? random_floats(&rng, s.OC, 1.0) : NULL, *dout = random_floats(&rng, no, 1.0);
+    float *out = zeros(no), *dx = zeros(nx), *dw = zeros(nw), *db = zeros(s.OC);
+    float *scratch = zeros(ft_conv2d_scratch_size(&s));
+    ft_conv2d_forward(out, scratch, x, w, b, &s);
+    ft_conv2d_backward(dx, dw, bias ? db : NULL, scratch, dout, x, w, &s);
+    struct conv_ctx c = {
+        to_double(x, nx), to_double(w, nw), bias ? to_double(b, s.OC) : NULL, dout, &s, no};
+    double *ref = malloc(no * sizeof *ref);
+    ref_conv2d(ref, c.x, c.w, c.b, &s);
+    fx_assert_close("out", out, ref, no, 1e-5, 1e-4);
+    check_fd("dx", conv_objective, &c, c.x, nx, dx);
+    check_fd("dweight", conv_objective, &c, c.w, nw, dw);
+    if (bias)
+        check_fd("dbias", conv_objective, &c, c.b, s.OC, db);
+    /* dw and db accumulate; dinp NULL skips the input gradient */
+    float *dw1 = malloc(nw * sizeof *dw1);
+    memcpy(dw1, dw, nw * sizeof *dw);
+    ft_conv2d_backward(NULL, dw, NULL, scratch, dout, x, w, &s);
+    for (size_t i = 0; i < nw; i++)
+        cr_assert_float_eq(dw[i], 2 * dw1[i], 1e-5);
+    free(x), free(w), free(b), free(dout), free(out), free(dx), free(dw), free(db), free(dw1);
+    free(scratch), free(ref), free(c.x), free(c.w), free(c.b);
+}
+
+Test(conv2d, s1p1_matches_finite_differences)
+{
+    conv_fd((struct ft_conv2d_shape){2, 2, 5, 4, 3, 3, 3, 1, 1}, 1, 60);
+}
+
+Test(conv2d, s2p1_nonsquare_kernel_matches_finite_differences)
+{
+    conv_fd((struct ft_conv2d_shape){2, 3, 6, 5, 2, 2, 3, 2, 1}, 1, 61);
+}
+
+Test(conv2d, s3p0_no_bias_matches_finite_differences)
+{
+    conv_fd((struct ft_conv2d_shape){1, 2, 7, 8, 3, 3, 2, 3, 0}, 0, 62);
+}
+
+Test(conv2d, output_sizes_floor)
+{
+    struct ft_conv2d_shape s = {1, 1, 28, 28, 1, 3, 3, 1, 1};
+    cr_assert_eq(ft_conv2d_out_h(&s), 28);
+    s.stride = 2;
+    s.pad = 0;
+    cr_assert_eq(ft_conv2d_out_h(&s), 13);
+    cr_assert_eq(ft_conv2d_scratch_size(&s), (size_t)9 * 169 + 169);
+}
+
+/* ---- pooling, flatten ---- */
+
+Test(maxpool2d, fixture)
+{
+    json_t *fx = fx_load("torch/maxpool2d.json");
+    size_t n, no, na;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", &no);
+    long long *want = fx_ints(fx, "expected", "argmax_flat_hw", &na);
+    int B = fx_dim(fx, "inputs", "x", 0), C = fx_dim(fx, "inputs", "x", 1);
+    int H = fx_dim(fx, "inputs", "x", 2), W = fx_dim(fx, "inputs", "x", 3);
+    int k = param_int(fx, "kernel_size");
+    cr_assert_eq(param_int(fx, "stride"), k);
+    float *out = zeros(no), *dx = zeros(n);
+    int32_t *argmax = malloc(no * sizeof *argmax);
+    ft_maxpool2d_forward(out, argmax, x, B, C, H, W, k);
+    ft_maxpool2d_backward(dx, dout, argmax, B, C, H, W, k);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    cr_assert_eq(na, no);
+    for (size_t i = 0; i < na; i++)
+        cr_assert_eq(argmax[i], want[i], "argmax[%zu] %d != %lld", i, argmax[i], want[i]);
+    free(x), free(dout), free(want), free(out), free(dx), free(argmax);
+    json_decref(fx);
+}
+
+Test(avgpool2d, fixture)
+{
+    json_t *fx = fx_load("torch/avgpool2d.json");
+    size_t n, no;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", &no);
+    int B = fx_dim(fx, "inputs", "x", 0), C = fx_dim(fx, "inputs", "x", 1);
+    int H = fx_dim(fx, "inputs", "x", 2), W = fx_dim(fx, "inputs", "x", 3);
+    int k = param_int(fx, "kernel_size");
+    float *out = zeros(no), *dx = zeros(n);
+    ft_avgpool2d_forward(out, x, B, C, H, W, k);
+    ft_avgpool2d_backward(dx, dout, B, C, H, W, k);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    free(x), free(dout), free(out), free(dx);
+    json_decref(fx);
+}
+
+Test(adaptive_avg_pool2d, fixture)
+{
+    json_t *fx = fx_load("torch/adaptive_avg_pool2d.json");
+    size_t n, no;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", &no);
+    int B = fx_dim(fx, "inputs", "x", 0), C = fx_dim(fx, "inputs", "x", 1);
+    int S = fx_dim(fx, "inputs", "x", 2) * fx_dim(fx, "inputs", "x", 3);
+    float *out = zeros(no), *dx = zeros(n);
+    ft_global_avgpool_forward(out, x, B, C, S);
+    ft_global_avgpool_backward(dx, dout, B, C, S);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    free(x), free(dout), free(out), free(dx);
+    json_decref(fx);
+}
+
+Test(flatten, fixture)
+{
+    json_t *fx = fx_load("torch/flatten.json");
+    size_t n, no;
+    float *x = fx_floats(fx, "inputs", "x", &n), *dout = fx_floats(fx, "inputs", "dout", &no);
+    cr_assert_eq(n, no);
+    cr_assert_eq(fx_dim(fx, "expected", "out", 1), 12);
+    float *out = zeros(n), *dx = zeros(n);
+    ft_flatten_forward(out, x, n);
+    ft_flatten_backward(dx, dout, n);
+    assert_expected(fx, "out", out);
+    assert_expected(fx, "dx", dx);
+    ft_flatten_forward(x, x, n); /* in place: a no-op */
+    assert_expected(fx, "out", x);
+    free(x), free(dout), free(out), free(dx);
+    json_decref(fx);
+}
+
+enum pool { P_MAX, P_AVG, P_GLOBAL };
+
+struct pool_ctx {
+    enum pool kind;
+    double *x;
+    const float *dout;
+    int B, C, H, W, k;
+};
+
+static double pool_objective(void *p)
+{
+    struct pool_ctx *c = p;
+    size_t no = c->kind == P_GLOBAL ? (size_t)c->B * c->C
+                                    : (size_t)c->B * c->C * (c->H / c->k) * (c->W / c->k);
+    double *out = malloc(no * sizeof *out);
+    if (c->kind == P_GLOBAL)
+        ref_global_avgpool(out, c->x, c->B, c->C, c->H * c->W);
+    else
+        ref_pool(out, c->x, c->B, c->C, c->H, c->W, c->k, c->kind == P_MAX);
+    double s = ref_dot(out, c->dout, no);
+    free(out);
+    return s;
+}
+
+static void pool_fd(enum pool kind, int B, int C, int H, int W, int k)
+{
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 70 + kind);
+    size_t n = (size_t)B * C * H * W;
+    size_t no = kind == P_GLOBAL ? (size_t)B * C : (size_t)B * C * (H / k) * (W / k);
+    float *x = random_floats(&rng, n, 1.0), *dout = random_floats(&rng, no, 1.0);
+    float *out = zeros(no), *dx = zeros(n);
+    int32_t *argmax = malloc(no * sizeof *argmax);
+    if (kind == P_MAX) {
+        ft_maxpool2d_forward(out, argmax, x, B, C, H, W, k);
+        ft_maxpool2d_backward(dx, dout, argmax, B, C, H, W, k);
+    } else if (kind == P_AVG) {
+        ft_avgpool2d_forward(out, x, B, C, H, W, k);
+        ft_avgpool2d_backward(dx, dout, B, C, H, W, k);
+    } else {
+        ft_global_avgpool_forward(out, x, B, C, H * W);
+        ft_global_avgpool_backward(dx, dout, B, C, H * W);
+    }
+    struct pool_ctx c = {kind, to_double(x, n), dout, B, C, H, W, k};
+    check_fd("dx", pool_objective, &c, c.x, n, dx);
+    free(x), free(dout), free(out), free(dx), free(argmax), free(c.x);
+}
+
+Test(maxpool2d, backward_matches_finite_differences)
+{
+    pool_fd(P_MAX, 2, 2, 5, 7, 2);
+}
+
+Test(maxpool2d, kernel3_matches_finite_differences)
+{
+    pool_fd(P_MAX, 1, 2, 7, 6, 3);
+}
+
+Test(avgpool2d, backward_matches_finite_differences)
+{
+    pool_fd(P_AVG, 2, 2, 5, 7, 2);
+}
+
+Test(adaptive_avg_pool2d, backward_matches_finite_differences)
+{
+    pool_fd(P_GLOBAL, 2, 3, 3, 4, 1);
+}
