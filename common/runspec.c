@@ -188,57 +188,40 @@ static enum ft_err parse_data(json_t *data, struct ft_run_config *c, struct ft_e
 
 static enum ft_err parse_loss(json_t *hp, struct ft_run_config *c, struct ft_error *err)
 {
-    static const char *const loss_keys[] = {"margin", "distance", "normalize_embeddings", NULL};
-    static const char *const miner_keys[] = {"margin", "type_of_triplets", NULL};
-    const char *lp = "config.hyper_parameters.loss_options";
-    const char *mp = "config.hyper_parameters.miner_options";
-    json_t *lo, *mo;
+    json_t *lo = json_object_get(hp, "loss_options"), *mo = json_object_get(hp, "miner_options");
     TRY(get_string(hp, "loss", "config.hyper_parameters", c->loss, sizeof c->loss, 0, err));
-    if (strcmp(c->loss, "TripletMarginLoss") != 0)
-        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.loss",
-                            "unknown loss '%s' (known: TripletMarginLoss)", c->loss);
-    TRY(get_object(hp, "loss_options", "config.hyper_parameters", &lo, err));
-    if (lo) {
-        char dist[32] = "";
-        TRY(check_keys(lo, loss_keys, lp, err));
-        TRY(get_number(lo, "margin", lp, 0.0, 100.0, &c->triplet.margin, err));
-        TRY(get_string(lo, "distance", lp, dist, sizeof dist, 0, err));
-        TRY(get_bool(lo, "normalize_embeddings", lp, &c->triplet.normalize_embeddings, err));
-        if (strcmp(dist, "cosine") == 0)
-            c->triplet.distance = FT_DIST_COSINE;
-        else if (strcmp(dist, "euclidean") == 0)
-            c->triplet.distance = FT_DIST_EUCLIDEAN;
-        else if (dist[0])
-            return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.loss_options.distance",
-                                "distance must be \"cosine\" or \"euclidean\"");
-    }
     TRY(get_string(hp, "miner", "config.hyper_parameters", c->miner, sizeof c->miner, 0, err));
-    if (c->miner[0] && strcmp(c->miner, "TripletMarginMiner") != 0)
-        return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.miner",
-                            "unknown miner '%s' (known: TripletMarginMiner)", c->miner);
-    c->triplet.use_miner = c->miner[0] != '\0';
-    TRY(get_object(hp, "miner_options", "config.hyper_parameters", &mo, err));
-    if (mo && !c->triplet.use_miner)
-        return ft_error_set(err, FT_EINVAL, mp, "miner_options given without a miner");
-    if (mo) {
-        char type[32] = "";
-        TRY(check_keys(mo, miner_keys, mp, err));
-        TRY(get_number(mo, "margin", mp, 0.0, 100.0, &c->triplet.miner_margin, err));
-        TRY(get_string(mo, "type_of_triplets", mp, type, sizeof type, 0, err));
-        static const char *const types[] = {"all", "hard", "semihard", "easy"};
-        int found = type[0] == '\0';
-        for (int i = 0; i < 4 && !found; i++) {
-            if (strcmp(type, types[i]) == 0) {
-                c->triplet.type = (enum ft_triplet_type)i;
-                found = 1;
-            }
-        }
-        if (!found)
-            return ft_error_set(err, FT_EINVAL,
-                                "config.hyper_parameters.miner_options.type_of_triplets",
-                                "type_of_triplets must be all, hard, semihard or easy");
-    }
+    TRY(ft_loss_check(c->loss, json_is_null(lo) ? NULL : lo, c->miner[0] ? c->miner : NULL,
+                      json_is_null(mo) ? NULL : mo, &c->loss_options, &c->miner_options, err));
     return FT_OK;
+}
+
+/* loss_optimizer for a loss with parameters (ArcFaceLoss's class weights): by default the
+ * run's optimizer with its options. */
+static enum ft_err parse_loss_optimizer(json_t *hp, struct ft_run_config *c, struct ft_error *err)
+{
+    json_t *oo = json_object_get(hp, "loss_optimizer_options");
+    TRY(get_string(hp, "loss_optimizer", "config.hyper_parameters", c->loss_optimizer,
+                   sizeof c->loss_optimizer, 0, err));
+    if (!c->loss_optimizer[0]) {
+        if (oo && !json_is_null(oo))
+            return ft_error_set(err, FT_EINVAL, "config.hyper_parameters.loss_optimizer_options",
+                                "loss_optimizer_options given without a loss_optimizer");
+        snprintf(c->loss_optimizer, sizeof c->loss_optimizer, "%s", c->optimizer);
+        c->loss_optimizer_options = json_deep_copy(c->optimizer_options);
+    } else {
+        enum ft_err e = ft_optim_check(c->loss_optimizer, json_is_null(oo) ? NULL : oo,
+                                       &c->loss_optimizer_options, err);
+        if (e != FT_OK) { /* name the loss optimizer's fields, not the optimizer's */
+            if (err && strncmp(err->param, "config.hyper_parameters.optimizer", 33) == 0) {
+                char p[sizeof err->param];
+                snprintf(p, sizeof p, "config.hyper_parameters.loss_%.90s", err->param + 24);
+                snprintf(err->param, sizeof err->param, "%s", p);
+            }
+            return e;
+        }
+    }
+    return ft_optim_opts_from_json(c->loss_optimizer, c->loss_optimizer_options, &c->loss_optim);
 }
 
 static enum ft_err parse_optimizer(json_t *hp, struct ft_run_config *c, struct ft_error *err)
@@ -261,10 +244,13 @@ static enum ft_err parse_scheduler(json_t *hp, struct ft_run_config *c, struct f
 
 static enum ft_err parse_hyper(json_t *hp, struct ft_run_config *c, struct ft_error *err)
 {
-    static const char *const keys[] = {"loss",          "loss_options",      "miner",
-                                       "miner_options", "optimizer",         "optimizer_options",
-                                       "scheduler",     "scheduler_options", "learning_rate",
-                                       "epochs",        "batch_size",        NULL};
+    static const char *const keys[] = {"loss",           "loss_options",
+                                       "miner",          "miner_options",
+                                       "optimizer",      "optimizer_options",
+                                       "loss_optimizer", "loss_optimizer_options",
+                                       "scheduler",      "scheduler_options",
+                                       "learning_rate",  "epochs",
+                                       "batch_size",     NULL};
     const char *path = "config.hyper_parameters";
     json_t *empty = json_object();
     if (!hp)
@@ -274,6 +260,8 @@ static enum ft_err parse_hyper(json_t *hp, struct ft_run_config *c, struct ft_er
         e = parse_loss(hp, c, err);
     if (e == FT_OK)
         e = parse_optimizer(hp, c, err);
+    if (e == FT_OK)
+        e = parse_loss_optimizer(hp, c, err);
     if (e == FT_OK)
         e = parse_scheduler(hp, c, err);
     if (e == FT_OK)
@@ -295,7 +283,6 @@ static void set_defaults(struct ft_run_config *c)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->loss, sizeof c->loss, "TripletMarginLoss");
-    ft_triplet_opts_default(&c->triplet);
     snprintf(c->optimizer, sizeof c->optimizer, "Adam");
     ft_optim_opts_default(&c->optim, FT_OPTIM_ADAM);
     c->learning_rate = 1e-3;
@@ -308,8 +295,6 @@ static void set_defaults(struct ft_run_config *c)
 
 static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
 {
-    static const char *const dist[] = {"cosine", "euclidean"};
-    static const char *const types[] = {"all", "hard", "semihard", "easy"};
     json_t *model =
         json_pack("{s:s, s:o, s:o, s:b}", "name", c->model_name, "options",
                   json_deep_copy(c->model_options), "output_dim",
@@ -321,26 +306,36 @@ static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
                              c->standardize ? json_pack("{s:f, s:f}", "mean", c->standardize_mean,
                                                         "std", c->standardize_std)
                                             : json_null());
-    json_t *loss_opts =
-        json_pack("{s:f, s:s}", "margin", c->triplet.margin, "distance", dist[c->triplet.distance]);
-    if (c->triplet.distance == FT_DIST_EUCLIDEAN)
-        json_object_set_new(loss_opts, "normalize_embeddings",
-                            json_boolean(c->triplet.normalize_embeddings));
-    json_t *miner_opts = c->triplet.use_miner
-                             ? json_pack("{s:f, s:s}", "margin", c->triplet.miner_margin,
-                                         "type_of_triplets", types[c->triplet.type])
-                             : json_null();
     json_t *hp = json_pack(
-        "{s:s, s:o, s:s?, s:o, s:s, s:O, s:s?, s:O, s:f, s:i, s:o}", "loss", c->loss,
-        "loss_options", loss_opts, "miner", c->miner[0] ? c->miner : NULL, "miner_options",
-        miner_opts, "optimizer", c->optimizer, "optimizer_options", c->optimizer_options,
+        "{s:s, s:O, s:s?, s:O, s:s, s:O, s:s?, s:O, s:f, s:i, s:o}", "loss", c->loss,
+        "loss_options", c->loss_options, "miner", c->miner[0] ? c->miner : NULL, "miner_options",
+        c->miner_options, "optimizer", c->optimizer, "optimizer_options", c->optimizer_options,
         "scheduler", c->scheduler[0] ? c->scheduler : NULL, "scheduler_options",
         c->scheduler_options, "learning_rate", c->learning_rate, "epochs", c->epochs, "batch_size",
         c->batch_size ? json_integer(c->batch_size) : json_null());
+    if (hp && strcmp(c->loss, "ArcFaceLoss") == 0) {
+        json_object_set_new(hp, "loss_optimizer", json_string(c->loss_optimizer));
+        json_object_set(hp, "loss_optimizer_options", c->loss_optimizer_options);
+    }
     json_t *cbs = json_object_get(config, "callbacks");
     cbs = cbs && !json_is_null(cbs) ? json_incref(cbs) : json_array();
     return json_pack("{s:o, s:o, s:o, s:o, s:I}", "model", model, "data", data, "hyper_parameters",
                      hp, "callbacks", cbs, "seed", (json_int_t)c->seed);
+}
+
+/* CLIPLoss learns from pairs: batches of exactly two items per label. */
+static enum ft_err check_loss_data(struct ft_run_config *c, json_t *data, struct ft_error *err)
+{
+    if (strcmp(c->loss, "CLIPLoss") != 0)
+        return FT_OK;
+    if (json_object_get(data, "num_items_per_class") && c->num_items_per_class != 2)
+        return ft_error_set(err, FT_EINVAL, "config.data.num_items_per_class",
+                            "CLIPLoss learns from pairs: num_items_per_class must be 2");
+    if (strcmp(c->sampler, "random") == 0)
+        return ft_error_set(err, FT_EINVAL, "config.data.sampler",
+                            "CLIPLoss needs the class sampler (two items per label in a batch)");
+    c->num_items_per_class = 2;
+    return FT_OK;
 }
 
 static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_error *err)
@@ -357,6 +352,7 @@ static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_
     TRY(parse_model(model, c, err));
     TRY(parse_data(data, c, err));
     TRY(parse_hyper(hp, c, err));
+    TRY(check_loss_data(c, data, err));
     json_t *seed = json_object_get(config, "seed");
     if (seed && !json_is_null(seed)) {
         if (!json_is_integer(seed) || json_integer_value(seed) < 0)
@@ -381,6 +377,10 @@ static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_
 
 void ft_run_config_clear(struct ft_run_config *c)
 {
+    json_decref(c->loss_options);
+    json_decref(c->miner_options);
+    json_decref(c->loss_optimizer_options);
+    c->loss_options = c->miner_options = c->loss_optimizer_options = NULL;
     json_decref(c->model_options);
     c->model_options = NULL;
     json_decref(c->optimizer_options);

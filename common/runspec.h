@@ -6,9 +6,10 @@
  *                       "optimizer_options", "learning_rate", "epochs", "batch_size"},
  *  "callbacks": [{"name", "options"}], "seed"}
  * Defaults are Finetuner's (TripletMarginLoss, Adam, learning_rate 1e-3, epochs 5, batch_size
- * chosen from the data, num_items_per_class 4, sampler auto, seed 42). Every unknown key, wrong type or out-of-range value is
- * FT_EINVAL with param = the JSON path ("config.hyper_parameters.epochs"). Dataset existence
- * is checked by the caller (the server knows the datasets). */
+ * chosen from the data, num_items_per_class 4, sampler auto, seed 42). Every unknown key, wrong
+ * type or out-of-range value is FT_EINVAL with param = the JSON path
+ * ("config.hyper_parameters.epochs"). Dataset existence is checked by the caller (the server knows
+ * the datasets). */
 #ifndef FT_RUNSPEC_H
 #define FT_RUNSPEC_H
 
@@ -23,23 +24,27 @@
 
 struct ft_run_config {
     /* model */
-    char model_name[32];       /* "mlp" | "cnn" */
-    json_t *model_options;     /* owned: normalised (ft_model_check_options); input_size /
-                                  input_shape null = taken from the train data */
-    int output_dim;            /* 0 = none; else a linear projection head is appended */
-    int freeze;                /* 1 = train only the projection head (needs output_dim) */
+    char model_name[32];   /* "mlp" | "cnn" */
+    json_t *model_options; /* owned: normalised (ft_model_check_options); input_size /
+                              input_shape null = taken from the train data */
+    int output_dim;        /* 0 = none; else a linear projection head is appended */
+    int freeze;            /* 1 = train only the projection head (needs output_dim) */
     /* data */
     char train_data[FT_NAME_MAX];
     char eval_data[FT_NAME_MAX]; /* "" = none */
     double val_split;            /* [0, 1): seeded hold-out of train_data when no eval_data */
     int num_items_per_class;
-    char sampler[16];          /* "auto" | "class" | "random" */
-    int standardize;           /* 1 = x -> (x - standardize_mean) / standardize_std */
+    char sampler[16]; /* "auto" | "class" | "random" */
+    int standardize;  /* 1 = x -> (x - standardize_mean) / standardize_std */
     double standardize_mean, standardize_std;
     /* hyper_parameters */
     char loss[64];
-    struct ft_triplet_opts triplet;
-    char miner[64]; /* "" = none */
+    json_t *loss_options;    /* owned: normalised (ft_loss_check) */
+    char miner[64];          /* "" = none */
+    json_t *miner_options;   /* owned: normalised, JSON null without a miner */
+    char loss_optimizer[32]; /* for a loss's own parameters (ArcFaceLoss): default the optimizer */
+    json_t *loss_optimizer_options; /* owned: normalised */
+    struct ft_optim_opts loss_optim;
     char optimizer[32];
     struct ft_optim_opts optim;
     json_t *optimizer_options; /* owned: normalised (ft_optim_check) */

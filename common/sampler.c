@@ -25,6 +25,7 @@ struct ft_sampler {
     int64_t num_batches;
     int64_t next_batch; /* in this epoch; num_batches = epoch finished */
     int started;        /* an epoch has been prepared */
+    int one_group;      /* at most one group of a class per epoch (no class twice a batch) */
 };
 
 /* qsort context-free comparison: rows sorted by (label, row) through a packed pair. */
@@ -67,11 +68,17 @@ static int group_by_label(ft_sampler *s, const int32_t *labels)
     return 1;
 }
 
+static int64_t groups_of(const ft_sampler *s, int64_t c)
+{
+    int64_t g = (s->class_start[c + 1] - s->class_start[c]) / s->k;
+    return s->one_group && g > 1 ? 1 : g;
+}
+
 static int64_t count_groups(const ft_sampler *s)
 {
     int64_t g = 0;
     for (int64_t c = 0; c < s->num_classes; c++)
-        g += (s->class_start[c + 1] - s->class_start[c]) / s->k;
+        g += groups_of(s, c);
     return g;
 }
 
@@ -93,8 +100,8 @@ static enum ft_err check_args(int64_t n, int batch_size, int k, struct ft_error 
 }
 
 static enum ft_err sampler_new(const int32_t *labels, int64_t n, int batch_size,
-                               int num_items_per_class, uint64_t seed, ft_sampler **out,
-                               struct ft_error *err);
+                               int num_items_per_class, uint64_t seed, int one_group,
+                               ft_sampler **out, struct ft_error *err);
 
 enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
                            int num_items_per_class, uint64_t seed, ft_sampler **out,
@@ -104,7 +111,18 @@ enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
     enum ft_err rc = check_args(n, batch_size, num_items_per_class, err);
     if (rc != FT_OK)
         return rc;
-    return sampler_new(labels, n, batch_size, num_items_per_class, seed, out, err);
+    return sampler_new(labels, n, batch_size, num_items_per_class, seed, 0, out, err);
+}
+
+enum ft_err ft_sampler_new_distinct(const int32_t *labels, int64_t n, int batch_size,
+                                    int num_items_per_class, uint64_t seed, ft_sampler **out,
+                                    struct ft_error *err)
+{
+    *out = NULL;
+    enum ft_err rc = check_args(n, batch_size, num_items_per_class, err);
+    if (rc != FT_OK)
+        return rc;
+    return sampler_new(labels, n, batch_size, num_items_per_class, seed, 1, out, err);
 }
 
 /* The random sampler is the class sampler with one class and groups of one item. */
@@ -122,14 +140,14 @@ enum ft_err ft_sampler_new_random(int64_t n, int batch_size, uint64_t seed, ft_s
     int32_t *zeros = calloc((size_t)n, sizeof *zeros);
     if (!zeros)
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory allocating the sampler");
-    enum ft_err rc = sampler_new(zeros, n, batch_size, 1, seed, out, err);
+    enum ft_err rc = sampler_new(zeros, n, batch_size, 1, seed, 0, out, err);
     free(zeros);
     return rc;
 }
 
 static enum ft_err sampler_new(const int32_t *labels, int64_t n, int batch_size,
-                               int num_items_per_class, uint64_t seed, ft_sampler **out,
-                               struct ft_error *err)
+                               int num_items_per_class, uint64_t seed, int one_group,
+                               ft_sampler **out, struct ft_error *err)
 {
     ft_sampler *s = calloc(1, sizeof *s);
     if (!s)
@@ -138,6 +156,7 @@ static enum ft_err sampler_new(const int32_t *labels, int64_t n, int batch_size,
     s->batch_size = batch_size;
     s->k = num_items_per_class;
     s->n = n;
+    s->one_group = one_group;
     if (!group_by_label(s, labels))
         goto nomem;
     s->num_groups = count_groups(s);
@@ -167,7 +186,7 @@ static void start_epoch(ft_sampler *s)
     for (int64_t c = 0; c < s->num_classes; c++) {
         int64_t start = s->class_start[c], len = s->class_start[c + 1] - start;
         ft_rng_shuffle(&s->rng, s->order + start, len);
-        for (int64_t j = 0; j + s->k <= len; j += s->k)
+        for (int64_t j = 0; j < groups_of(s, c) * s->k; j += s->k)
             s->groups[g++] = start + j;
     }
     FT_ASSERT(g == s->num_groups);

@@ -21,6 +21,14 @@ typedef struct ft_sampler ft_sampler;
 enum ft_err ft_sampler_new(const int32_t *labels, int64_t n, int batch_size,
                            int num_items_per_class, uint64_t seed, ft_sampler **out,
                            struct ft_error *err);
+/* The class sampler with at most one group of a class per epoch, so no batch holds a class
+ * twice (CLIPLoss: exactly num_items_per_class = 2 items of every label in a batch). An epoch
+ * then has (number of classes with enough items) / (batch_size / num_items_per_class) batches.
+ * Errors as ft_sampler_new. */
+enum ft_err ft_sampler_new_distinct(const int32_t *labels, int64_t n, int batch_size,
+                                    int num_items_per_class, uint64_t seed, ft_sampler **out,
+                                    struct ft_error *err);
+
 /* New random sampler (Finetuner's sampler='random'): each epoch a seeded permutation of the
  * n rows cut into batches of batch_size (a short last batch is dropped), whatever the labels.
  * Errors: FT_EINVAL with param "batch_size" (< 2 or larger than n), FT_ENOMEM. */

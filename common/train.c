@@ -27,7 +27,11 @@ struct trainer {
     const struct ft_dataset *query[FT_MAX_EVAL_CALLBACKS], *index[FT_MAX_EVAL_CALLBACKS];
     ft_model *model;
     ft_optim *optim;
-    size_t head_offset; /* first trained parameter (0 unless freeze) */
+    ft_loss *loss;        /* the metric-learning loss (owned) */
+    ft_optim *loss_optim; /* for the loss's own parameters (ArcFaceLoss), else NULL */
+    int32_t *eval_labels; /* eval labels in the training label space (-1: absent there) */
+    int eval_unmapped;    /* eval rows whose label training lacks */
+    size_t head_offset;   /* first trained parameter (0 unless freeze) */
     int in_dim, out_dim;
     int B;          /* batch size (resolved when the config says auto) */
     int epoch;      /* current epoch, 1-based */
@@ -106,6 +110,38 @@ static int auto_batch_size(const struct ft_run_config *c, int64_t n)
     return (int)(b >= 2 * k ? b : 2 * k);
 }
 
+/* The loss (with its own optimizer when it has parameters) and, for losses that need class ids
+ * (ArcFaceLoss), the eval labels mapped into the training label space. */
+static enum ft_err build_loss(struct trainer *t, struct ft_error *err)
+{
+    const struct ft_run_config *c = t->cfg;
+    json_t *mo = json_is_null(c->miner_options) ? NULL : c->miner_options;
+    enum ft_err e = ft_loss_new(c->loss, c->loss_options, c->miner[0] ? c->miner : NULL, mo,
+                                t->out_dim, t->train->num_labels, c->seed + 4, &t->loss, err);
+    if (e == FT_OK && ft_loss_num_params(t->loss))
+        e = ft_optim_new(&c->loss_optim, ft_loss_num_params(t->loss), &t->loss_optim, err);
+    if (e != FT_OK || !t->eval)
+        return e;
+    int32_t *map = malloc(((size_t)t->eval->num_labels + 1) * sizeof *map);
+    t->eval_labels = malloc(((size_t)t->eval->n + 1) * sizeof *t->eval_labels);
+    if (!map || !t->eval_labels) {
+        free(map);
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    }
+    ft_dataset_map_labels(t->train, t->eval, map);
+    for (int64_t i = 0; i < t->eval->n; i++) {
+        t->eval_labels[i] = map[t->eval->labels[i]];
+        t->eval_unmapped += t->eval_labels[i] < 0;
+    }
+    free(map);
+    if (ft_loss_num_params(t->loss) && t->eval_unmapped)
+        tlog(t,
+             "val_loss is not computed: %d eval rows have labels train_data lacks, and %s "
+             "scores against the training classes",
+             t->eval_unmapped, c->loss);
+    return FT_OK;
+}
+
 static enum ft_err build_model(struct trainer *t, struct ft_error *err)
 {
     const struct ft_run_config *c = t->cfg;
@@ -124,7 +160,10 @@ static enum ft_err build_model(struct trainer *t, struct ft_error *err)
     t->out_dim = ft_model_output_dim(t->model);
     if (c->freeze) /* train only the projection head */
         t->head_offset = ft_model_head_offset(t->model);
-    return ft_optim_new(&c->optim, ft_model_num_params(t->model) - t->head_offset, &t->optim, err);
+    e = ft_optim_new(&c->optim, ft_model_num_params(t->model) - t->head_offset, &t->optim, err);
+    if (e == FT_OK)
+        e = build_loss(t, err);
+    return e;
 }
 
 static enum ft_err alloc_buffers(struct trainer *t, struct ft_error *err)
@@ -146,6 +185,9 @@ static void trainer_free(struct trainer *t)
 {
     ft_model_free(t->model);
     ft_optim_free(t->optim);
+    ft_loss_free(t->loss);
+    ft_optim_free(t->loss_optim);
+    free(t->eval_labels);
     ft_dataset_free(t->own_train);
     ft_dataset_free(t->own_eval);
     free(t->idx);
@@ -194,9 +236,9 @@ static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_e
 {
     gather(t, t->train, B);
     enum ft_err e = ft_model_forward(t->model, t->xb, B, t->emb, 1);
+    ft_loss_zero_grad(t->loss);
     if (e == FT_OK)
-        e = ft_triplet_margin_loss(loss, t->demb, t->emb, t->yb, B, t->out_dim, &t->cfg->triplet,
-                                   NULL);
+        e = ft_loss_compute(t->loss, t->emb, t->yb, B, t->out_dim, loss, t->demb, NULL);
     if (e != FT_OK)
         return ft_error_set(err, e, NULL, "training step failed: %s", ft_err_message(e));
     if (!isfinite(*loss) || !all_finite(t->emb, (size_t)B * (size_t)t->out_dim))
@@ -208,6 +250,8 @@ static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_e
     t->last_lr = ft_schedule_lr(&t->sched, t->cfg->learning_rate, s);
     ft_optim_step(t->optim, ft_model_params(t->model) + t->head_offset,
                   ft_model_grads(t->model) + t->head_offset, t->last_lr);
+    if (t->loss_optim)
+        ft_optim_step(t->loss_optim, ft_loss_params(t->loss), ft_loss_grads(t->loss), t->last_lr);
     return FT_OK;
 }
 
@@ -219,8 +263,14 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
     *has = 0;
     if (!t->eval)
         return FT_OK;
-    enum ft_err e = ft_sampler_new(t->eval->labels, t->eval->n, t->B, t->cfg->num_items_per_class,
-                                   t->cfg->seed + 3, &s, err);
+    if (ft_loss_num_params(t->loss) && t->eval_unmapped) /* class ids needed (ArcFaceLoss) */
+        return FT_OK;
+    enum ft_err e =
+        ft_loss_items_per_class(t->loss)
+            ? ft_sampler_new_distinct(t->eval->labels, t->eval->n, t->B,
+                                      t->cfg->num_items_per_class, t->cfg->seed + 3, &s, err)
+            : ft_sampler_new(t->eval->labels, t->eval->n, t->B, t->cfg->num_items_per_class,
+                             t->cfg->seed + 3, &s, err);
     if (e != FT_OK) {
         if (err)
             snprintf(err->param, sizeof err->param, "config.data.eval_data");
@@ -231,10 +281,11 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
     while (e == FT_OK && ft_sampler_next(s, t->idx)) {
         float loss;
         gather(t, t->eval, t->B);
+        for (int i = 0; ft_loss_num_params(t->loss) && i < t->B; i++) /* training class ids */
+            t->yb[i] = t->eval_labels[t->idx[i]];
         e = ft_model_forward(t->model, t->xb, t->B, t->emb, 0);
         if (e == FT_OK)
-            e = ft_triplet_margin_loss(&loss, NULL, t->emb, t->yb, t->B, t->out_dim,
-                                       &t->cfg->triplet, NULL);
+            e = ft_loss_compute(t->loss, t->emb, t->yb, t->B, t->out_dim, &loss, NULL, NULL);
         if (e == FT_OK) {
             sum += loss;
             nb++;
@@ -551,9 +602,13 @@ static enum ft_err train_all(struct trainer *t, const struct ft_train_inputs *in
     const struct ft_run_config *c = t->cfg;
     ft_sampler *s = NULL;
     int random = strcmp(c->sampler, "random") == 0;
+    int distinct = ft_loss_items_per_class(t->loss) > 0; /* CLIPLoss: pairs */
     enum ft_err e = random ? ft_sampler_new_random(t->train->n, t->B, c->seed + 1, &s, err)
-                           : ft_sampler_new(t->train->labels, t->train->n, t->B,
-                                            c->num_items_per_class, c->seed + 1, &s, err);
+                    : distinct
+                        ? ft_sampler_new_distinct(t->train->labels, t->train->n, t->B,
+                                                  c->num_items_per_class, c->seed + 1, &s, err)
+                        : ft_sampler_new(t->train->labels, t->train->n, t->B,
+                                         c->num_items_per_class, c->seed + 1, &s, err);
     if (e != FT_OK) {
         if (err && strcmp(err->param, "batch_size") == 0)
             snprintf(err->param, sizeof err->param, "config.hyper_parameters.batch_size");

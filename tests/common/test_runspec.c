@@ -43,7 +43,10 @@ Test(runspec, defaults_are_finetuners)
     cr_assert_str_eq(c.sampler, "auto");
     cr_assert_eq(c.num_items_per_class, 4);
     cr_assert_eq(c.seed, 42);
-    cr_assert_eq(c.triplet.use_miner, 0);
+    cr_assert_str_eq(c.miner, "");
+    cr_assert(json_is_null(c.miner_options));
+    cr_assert_float_eq(json_number_value(json_object_get(c.loss_options, "margin")), 0.05, 1e-12,
+                       "pytorch-metric-learning's default margin");
     json_t *hp = json_object_get(norm, "hyper_parameters");
     cr_assert_str_eq(json_string_value(json_object_get(hp, "optimizer")), "Adam");
     cr_assert_eq(json_integer_value(json_object_get(hp, "epochs")), 5);
@@ -81,10 +84,11 @@ Test(runspec, full_config_parses)
     cr_assert(json_is_true(json_object_get(c.model_options, "l2")));
     cr_assert(json_is_false(json_object_get(c.model_options, "bias")));
     cr_assert_eq(json_integer_value(json_object_get(c.model_options, "input_size")), 784);
-    cr_assert_eq(c.triplet.distance, FT_DIST_COSINE);
-    cr_assert_eq(c.triplet.use_miner, 1);
-    cr_assert_eq(c.triplet.type, FT_TRIPLETS_SEMIHARD);
-    cr_assert_float_eq(c.triplet.miner_margin, 0.3, 1e-12);
+    cr_assert_str_eq(json_string_value(json_object_get(c.loss_options, "distance")), "cosine");
+    cr_assert_str_eq(c.miner, "TripletMarginMiner");
+    cr_assert_str_eq(json_string_value(json_object_get(c.miner_options, "type_of_triplets")),
+                     "semihard");
+    cr_assert_float_eq(json_number_value(json_object_get(c.miner_options, "margin")), 0.3, 1e-12);
     cr_assert_eq(c.optim.kind, FT_OPTIM_SGD);
     cr_assert_eq(c.optim.nesterov, 1);
     cr_assert_eq(c.seed, 7);
@@ -123,8 +127,8 @@ Test(runspec, bad_input_names_the_field)
                    "config.hyper_parameters.loss");
     expect_invalid(MINIMAL ", \"hyper_parameters\": {\"optimizer\": \"Lion\"}}",
                    "config.hyper_parameters.optimizer");
-    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss_options\": {\"swap\": true}}}",
-                   "config.hyper_parameters.loss_options.swap");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss_options\": {\"swapp\": true}}}",
+                   "config.hyper_parameters.loss_options.swapp");
     expect_invalid(MINIMAL ", \"hyper_parameters\": {\"batch_size\": 30}}",
                    "config.hyper_parameters.batch_size");
     expect_invalid(MINIMAL ", \"hyper_parameters\": {\"miner_options\": {\"margin\": 0.1}}}",
@@ -190,4 +194,41 @@ Test(runspec, scheduler_sampler_standardize_adamw)
     expect_invalid("{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": \"tr\", "
                    "\"standardize\": {\"mean\": 0.5}}}",
                    "config.data.standardize");
+}
+
+Test(runspec, losses_miners_and_loss_optimizer)
+{
+    struct ft_run_config c;
+    struct ft_error err;
+    json_t *norm;
+    cr_assert_eq(parse(MINIMAL ", \"hyper_parameters\": {\"loss\": \"ArcFaceLoss\", "
+                               "\"loss_options\": {\"scale\": 32}, \"loss_optimizer\": \"SGD\", "
+                               "\"loss_optimizer_options\": {\"momentum\": 0.9}}}",
+                       &c, &norm, &err),
+                 FT_OK, "%s (%s)", err.message, err.param);
+    cr_assert_eq(c.loss_optim.kind, FT_OPTIM_SGD);
+    json_t *hp = json_object_get(norm, "hyper_parameters");
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "loss_optimizer")), "SGD");
+    json_decref(norm);
+    ft_run_config_clear(&c);
+    cr_assert_eq(parse(MINIMAL ", \"hyper_parameters\": {\"loss\": \"CLIPLoss\"}}", &c, NULL, &err),
+                 FT_OK, "%s", err.message);
+    cr_assert_eq(c.num_items_per_class, 2, "CLIPLoss learns from pairs");
+    ft_run_config_clear(&c);
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss\": \"CLIPLoss\", \"miner\": "
+                           "\"TripletMarginMiner\"}}",
+                   "config.hyper_parameters.miner");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss\": \"ContrastiveLoss\", "
+                           "\"loss_options\": {\"margin\": 1}}}",
+                   "config.hyper_parameters.loss_options.margin");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss\": \"ArcFaceLoss\", "
+                           "\"loss_optimizer_options\": {\"momentum\": 0.9}}}",
+                   "config.hyper_parameters.loss_optimizer_options");
+    expect_invalid(MINIMAL ", \"hyper_parameters\": {\"loss\": \"ArcFaceLoss\", "
+                           "\"loss_optimizer\": \"Adam\", \"loss_optimizer_options\": "
+                           "{\"momentum\": 0.9}}}",
+                   "config.hyper_parameters.loss_optimizer_options.momentum");
+    expect_invalid("{\"model\": {\"name\": \"mlp\"}, \"data\": {\"train_data\": \"tr\", "
+                   "\"num_items_per_class\": 4}, \"hyper_parameters\": {\"loss\": \"CLIPLoss\"}}",
+                   "config.data.num_items_per_class");
 }

@@ -164,3 +164,30 @@ Test(sampler, random_sampler_is_a_seeded_permutation)
     cr_assert_eq(ft_sampler_new_random(4, 8, 5, &s, &err), FT_EINVAL);
     cr_assert_str_eq(err.param, "batch_size");
 }
+
+Test(sampler, distinct_sampler_never_repeats_a_class_in_a_batch)
+{
+    int32_t labels[60];
+    for (int i = 0; i < 60; i++)
+        labels[i] = i % 10; /* 10 classes of 6 items */
+    ft_sampler *s;
+    struct ft_error err;
+    int64_t idx[8];
+    cr_assert_eq(ft_sampler_new_distinct(labels, 60, 8, 2, 3, &s, &err), FT_OK, "%s",
+                 err.message);
+    cr_assert_eq(ft_sampler_num_batches(s), 2, "10 classes, one pair each, 4 pairs a batch");
+    for (int epoch = 0; epoch < 3; epoch++) {
+        int batches = 0;
+        while (ft_sampler_next(s, idx)) {
+            int count[10] = {0};
+            for (int i = 0; i < 8; i++)
+                count[labels[idx[i]]]++;
+            for (int c = 0; c < 10; c++)
+                cr_assert(count[c] == 0 || count[c] == 2, "class %d appears %d times", c,
+                          count[c]);
+            batches++;
+        }
+        cr_assert_eq(batches, 2);
+    }
+    ft_sampler_free(s);
+}
