@@ -46,6 +46,7 @@ struct trainer {
     ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS];        /* one per EvaluationCallback (owned) */
     struct ft_metrics_result mr[FT_MAX_EVAL_CALLBACKS]; /* their latest results */
     int64_t step;                                       /* optimizer steps taken (batches) */
+    int bad_gradient; /* the last FT_ENUMERIC came from the gradient, not the loss */
 };
 
 static void tlog(struct trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -245,6 +246,11 @@ static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_e
         return FT_ENUMERIC;
     ft_model_zero_grad(t->model);
     ft_model_backward(t->model, t->demb, B);
+    if (!all_finite(ft_model_grads(t->model) + t->head_offset,
+                    ft_model_num_params(t->model) - t->head_offset)) {
+        t->bad_gradient = 1;
+        return FT_ENUMERIC;
+    }
     /* optimizer step s + 1 uses lr(s) (Hugging Face schedulers): s counts batches or epochs */
     int64_t s = t->sched.step_per_batch ? ft_optim_steps(t->optim) : t->epoch - 1;
     t->last_lr = ft_schedule_lr(&t->sched, t->cfg->learning_rate, s);
@@ -477,7 +483,9 @@ static enum ft_err train_epoch(struct trainer *t, ft_sampler *s, int epoch, doub
             return ft_error_set(err, FT_ENUMERIC, NULL,
                                 "the %s became %s at epoch %d, batch %lld: lower the "
                                 "learning_rate or check the data for NaN/inf",
-                                isfinite(loss) ? "model output" : "loss",
+                                t->bad_gradient  ? "gradient"
+                                : isfinite(loss) ? "model output"
+                                                 : "loss",
                                 isfinite(loss) || isnan(loss) ? "NaN" : "infinite", epoch,
                                 (long long)b + 1);
         if (e != FT_OK)
