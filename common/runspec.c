@@ -125,19 +125,43 @@ static enum ft_err get_bool(json_t *obj, const char *key, const char *path, int 
             return e_;        \
     } while (0)
 
+/* model.artifact "EXPERIMENT/RUN": an earlier run whose artifact the run starts from. */
+static enum ft_err parse_artifact(json_t *model, struct ft_run_config *c, struct ft_error *err)
+{
+    char exp[FT_NAME_MAX];
+    TRY(get_string(model, "artifact", "config.model", c->model_artifact, sizeof c->model_artifact,
+                   0, err));
+    if (!c->model_artifact[0])
+        return FT_OK;
+    const char *slash = strchr(c->model_artifact, '/');
+    size_t n = slash ? (size_t)(slash - c->model_artifact) : 0;
+    if (!slash || n == 0 || n >= sizeof exp || !slash[1] || strchr(slash + 1, '/'))
+        return ft_error_set(err, FT_EINVAL, "config.model.artifact",
+                            "artifact must be \"EXPERIMENT/RUN\", the run whose model to start "
+                            "from");
+    return FT_OK;
+}
+
 static enum ft_err parse_model(json_t *model, struct ft_run_config *c, struct ft_error *err)
 {
-    static const char *const keys[] = {"name", "options", "output_dim", "freeze", NULL};
+    static const char *const keys[] = {"name", "options", "output_dim", "freeze", "artifact", NULL};
     json_t *opts;
     if (!model)
         return ft_error_set(err, FT_EINVAL, "config.model", "config.model is required");
     TRY(check_keys(model, keys, "config.model", err));
-    TRY(get_string(model, "name", "config.model", c->model_name, sizeof c->model_name, 1, err));
+    TRY(parse_artifact(model, c, err));
+    /* with an artifact the architecture comes from its metadata (the server fills it in) */
+    TRY(get_string(model, "name", "config.model", c->model_name, sizeof c->model_name,
+                   !c->model_artifact[0], err));
     TRY(get_object(model, "options", "config.model", &opts, err));
-    TRY(ft_model_check_options(c->model_name, opts, &c->model_options, err));
+    if (c->model_name[0])
+        TRY(ft_model_check_options(c->model_name, opts, &c->model_options, err));
+    else if (opts)
+        return ft_error_set(err, FT_EINVAL, "config.model.options",
+                            "options describe a model: give its name too");
     TRY(get_int(model, "output_dim", "config.model", 1, 65536, &c->output_dim, err));
     TRY(get_bool(model, "freeze", "config.model", &c->freeze, err));
-    if (c->freeze && !c->output_dim)
+    if (c->freeze && !c->output_dim && !c->model_artifact[0])
         return ft_error_set(err, FT_EINVAL, "config.model.freeze",
                             "freeze trains only the projection head: set model.output_dim too");
     return FT_OK;
@@ -296,9 +320,10 @@ static void set_defaults(struct ft_run_config *c)
 static json_t *normalized_json(const struct ft_run_config *c, json_t *config)
 {
     json_t *model =
-        json_pack("{s:s, s:o, s:o, s:b}", "name", c->model_name, "options",
-                  json_deep_copy(c->model_options), "output_dim",
-                  c->output_dim ? json_integer(c->output_dim) : json_null(), "freeze", c->freeze);
+        json_pack("{s:s, s:o, s:o, s:b, s:s?}", "name", c->model_name, "options",
+                  c->model_options ? json_deep_copy(c->model_options) : json_null(), "output_dim",
+                  c->output_dim ? json_integer(c->output_dim) : json_null(), "freeze", c->freeze,
+                  "artifact", c->model_artifact[0] ? c->model_artifact : NULL);
     json_t *data = json_pack("{s:s, s:s?, s:f, s:i, s:s, s:o}", "train_data", c->train_data,
                              "eval_data", c->eval_data[0] ? c->eval_data : NULL, "val_split",
                              c->val_split, "num_items_per_class", c->num_items_per_class, "sampler",
@@ -372,6 +397,10 @@ static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_
         }
         return e;
     }
+    if (c->callbacks.has_wiseft && !c->model_artifact[0])
+        return ft_error_set(err, FT_EINVAL, "config.callbacks",
+                            "WiSEFTCallback interpolates between the starting and the finetuned "
+                            "model: it needs model.artifact (a run to start from)");
     return ft_run_config_check_monitors(c, config, err);
 }
 

@@ -1,6 +1,7 @@
 /* runspec.h — the run config: parse, validate and normalise the JSON that finetuner.fit() sends.
  *
- * {"model": {"name": "mlp", "options": {...}, "output_dim": null, "freeze": false},
+ * {"model": {"name": "mlp", "options": {...}, "output_dim": null, "freeze": false,
+ *            "artifact": "EXPERIMENT/RUN" (start from that run's model) | null},
  *  "data": {"train_data", "eval_data", "val_split", "num_items_per_class"},
  *  "hyper_parameters": {"loss", "loss_options", "miner", "miner_options", "optimizer",
  *                       "optimizer_options", "learning_rate", "epochs", "batch_size"},
@@ -29,6 +30,7 @@ struct ft_run_config {
                               input_shape null = taken from the train data */
     int output_dim;        /* 0 = none; else a linear projection head is appended */
     int freeze;            /* 1 = train only the projection head (needs output_dim) */
+    char model_artifact[2 * FT_NAME_MAX]; /* "EXPERIMENT/RUN" to start from, "" = none */
     /* data */
     char train_data[FT_NAME_MAX];
     char eval_data[FT_NAME_MAX]; /* "" = none */

@@ -43,6 +43,8 @@ struct trainer {
     float *xb, *emb, *demb;
     /* the best epoch's params then buffers (num_params + num_buffers) */
     float *best_params;
+    const char *start_artifact; /* model.artifact's file (borrowed), NULL = fresh model */
+    float *start_params;        /* WiSE-FT: the starting params then buffers (owned) */
     ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS];        /* one per EvaluationCallback (owned) */
     struct ft_metrics_result mr[FT_MAX_EVAL_CALLBACKS]; /* their latest results */
     int64_t step;                                       /* optimizer steps taken (batches) */
@@ -143,6 +145,48 @@ static enum ft_err build_loss(struct trainer *t, struct ft_error *err)
     return FT_OK;
 }
 
+/* model.artifact: the architecture and weights of an earlier run; WiSE-FT keeps a copy. */
+static enum ft_err load_start_model(struct trainer *t, struct ft_error *err)
+{
+    ft_safetensors *st = NULL;
+    enum ft_err e = ft_safetensors_open(t->start_artifact, &st, err);
+    if (e == FT_OK)
+        e = ft_model_from_safetensors(st, &t->model, err);
+    ft_safetensors_free(st);
+    if (e != FT_OK)
+        return ft_error_set(err, e, "config.model.artifact",
+                            "cannot start from the artifact of '%s': %s", t->cfg->model_artifact,
+                            err ? err->message : ft_err_message(e));
+    if (ft_model_input_dim(t->model) != t->train->dim)
+        return ft_error_set(err, FT_EINVAL, "config.model.artifact",
+                            "the artifact of '%s' takes %d inputs, train_data has %d columns",
+                            t->cfg->model_artifact, ft_model_input_dim(t->model), t->train->dim);
+    tlog(t, "Starting from the model of run '%s'", t->cfg->model_artifact);
+    if (!t->cfg->callbacks.has_wiseft)
+        return FT_OK;
+    size_t np = ft_model_num_params(t->model), nb = ft_model_num_buffers(t->model);
+    t->start_params = malloc((np + nb + 1) * sizeof *t->start_params);
+    if (!t->start_params)
+        return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    memcpy(t->start_params, ft_model_params(t->model), np * sizeof(float));
+    memcpy(t->start_params + np, ft_model_buffers(t->model), nb * sizeof(float));
+    return FT_OK;
+}
+
+/* WiSEFTCallback (Wortsman et al. 2022): weights = (1 - alpha) start + alpha finetuned. */
+static void wise_ft(struct trainer *t)
+{
+    double a = t->cfg->callbacks.wiseft.alpha;
+    size_t np = ft_model_num_params(t->model), nb = ft_model_num_buffers(t->model);
+    float *p = ft_model_params(t->model), *b = ft_model_buffers(t->model);
+    for (size_t i = 0; i < np; i++)
+        p[i] = (float)((1 - a) * t->start_params[i] + a * p[i]);
+    for (size_t i = 0; i < nb; i++)
+        b[i] = (float)((1 - a) * t->start_params[np + i] + a * b[i]);
+    tlog(t, "WiSE-FT: the artifact is %.3g x the starting model + %.3g x the finetuned one", 1 - a,
+         a);
+}
+
 static enum ft_err build_model(struct trainer *t, struct ft_error *err)
 {
     const struct ft_run_config *c = t->cfg;
@@ -150,11 +194,17 @@ static enum ft_err build_model(struct trainer *t, struct ft_error *err)
     int shape[3] = {1, 1, t->train->dim};
     if (is[0] > 0 && (long)is[0] * is[1] * is[2] == t->train->dim)
         memcpy(shape, is, sizeof shape);
-    json_t *mc = json_pack("{s:s, s:O?, s:o}", "name", c->model_name, "options", c->model_options,
-                           "output_dim", c->output_dim ? json_integer(c->output_dim) : json_null());
-    enum ft_err e = mc ? ft_model_new(mc, shape, c->seed, &t->model, err)
-                       : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
-    json_decref(mc);
+    enum ft_err e;
+    if (t->start_artifact) {
+        e = load_start_model(t, err);
+    } else {
+        json_t *mc =
+            json_pack("{s:s, s:O?, s:o}", "name", c->model_name, "options", c->model_options,
+                      "output_dim", c->output_dim ? json_integer(c->output_dim) : json_null());
+        e = mc ? ft_model_new(mc, shape, c->seed, &t->model, err)
+               : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+        json_decref(mc);
+    }
     if (e != FT_OK)
         return e;
     t->in_dim = ft_model_input_dim(t->model);
@@ -197,6 +247,7 @@ static void trainer_free(struct trainer *t)
     free(t->emb);
     free(t->demb);
     free(t->best_params);
+    free(t->start_params);
     for (int i = 0; i < FT_MAX_EVAL_CALLBACKS; i++)
         ft_evaluation_free(t->evals[i]);
 }
@@ -600,6 +651,8 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
     res->best_epoch = bc.best_epoch;
     if (bc.best_epoch) /* the artifact is the best epoch's model */
         copy_weights(t, 0);
+    if (t->start_params)
+        wise_ft(t);
     return FT_OK;
 }
 
@@ -694,6 +747,7 @@ enum ft_err ft_train(const struct ft_run_config *cfg, const struct ft_train_inpu
     t.hooks = hooks;
     t.train = in->train;
     t.eval = in->eval;
+    t.start_artifact = in->start_artifact;
     memcpy(t.query, in->query, sizeof t.query);
     memcpy(t.index, in->index, sizeof t.index);
     enum ft_err e = FT_OK;

@@ -23,7 +23,8 @@ struct ft_train_inputs {
     const struct ft_dataset *eval;  /* eval_data (NULL = none) */
     const struct ft_dataset *query[FT_MAX_EVAL_CALLBACKS]; /* per EvaluationCallback */
     const struct ft_dataset *index[FT_MAX_EVAL_CALLBACKS]; /* NULL = the query set */
-    json_t *config;                 /* normalised run config, stored in the artifact */
+    json_t *config;             /* normalised run config, stored in the artifact */
+    const char *start_artifact; /* the file of config model.artifact (NULL = none) */
 };
 
 /* Callbacks into the caller (the worker writes them to SQLite). Any may be NULL. */

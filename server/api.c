@@ -8,6 +8,7 @@
 #include "dataset.h"
 #include "log.h"
 #include "runspec.h"
+#include "safetensors.h"
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -434,6 +435,78 @@ static enum ft_err check_model_input(const struct ft_run_config *cfg, json_t *no
     return FT_OK;
 }
 
+/* The architecture of a run that starts from an earlier artifact comes from the artifact's
+ * model_config; what the user wrote must agree with it. Fills cfg and the normalised config. */
+static enum ft_err artifact_model(struct ctx *c, const char *ref, json_t **mc, struct ft_error *err)
+{
+    char exp[FT_NAME_MAX], status[16];
+    const char *slash = strchr(ref, '/');
+    int64_t id;
+    snprintf(exp, sizeof exp, "%.*s", (int)(slash - ref), ref);
+    if (!ft_store_valid_name(exp) || !ft_store_valid_name(slash + 1) ||
+        ft_store_run_find(c->api->store, exp, slash + 1, &id, err) != FT_OK)
+        return ft_error_set(err, FT_EINVAL, "config.model.artifact", "run '%s' does not exist",
+                            ref);
+    ft_store_run_status(c->api->store, id, status, NULL, err);
+    if (strcmp(status, "FINISHED") != 0)
+        return ft_error_set(err, FT_EINVAL, "config.model.artifact",
+                            "run '%s' is %s; only a FINISHED run has an artifact", ref, status);
+    char *path = ft_store_artifact_path(c->api->store, id);
+    ft_safetensors *st = NULL;
+    enum ft_err e = path ? ft_safetensors_open(path, &st, err) : FT_ENOMEM;
+    free(path);
+    const char *text =
+        st ? json_string_value(json_object_get(ft_safetensors_metadata(st), "model_config")) : NULL;
+    *mc = text ? json_loads(text, 0, NULL) : NULL;
+    ft_safetensors_free(st);
+    if (e != FT_OK || !*mc)
+        return ft_error_set(err, FT_EINVAL, "config.model.artifact",
+                            "the artifact of run '%s' cannot be read", ref);
+    return FT_OK;
+}
+
+static enum ft_err resolve_artifact(struct ctx *c, struct ft_run_config *cfg, json_t *user_model,
+                                    json_t *norm, struct ft_error *err)
+{
+    json_t *mc = NULL;
+    if (!cfg->model_artifact[0])
+        return FT_OK;
+    enum ft_err e = artifact_model(c, cfg->model_artifact, &mc, err);
+    if (e != FT_OK)
+        return e;
+    const char *name = json_string_value(json_object_get(mc, "name"));
+    json_t *opts = json_object_get(mc, "options");
+    int out_dim = (int)json_integer_value(json_object_get(mc, "output_dim"));
+    if (cfg->model_name[0] && strcmp(cfg->model_name, name ? name : "") != 0)
+        e = ft_error_set(err, FT_EINVAL, "config.model.name",
+                         "the artifact of '%s' is a %s model, not %s", cfg->model_artifact, name,
+                         cfg->model_name);
+    else if (json_object_get(user_model, "options") && !json_equal(cfg->model_options, opts))
+        e = ft_error_set(err, FT_EINVAL, "config.model.options",
+                         "the options differ from the artifact's architecture; leave them out "
+                         "to take the artifact's");
+    else if (cfg->output_dim && cfg->output_dim != out_dim)
+        e = ft_error_set(err, FT_EINVAL, "config.model.output_dim",
+                         "the artifact of '%s' has output_dim %d", cfg->model_artifact, out_dim);
+    else if (cfg->freeze && !out_dim)
+        e = ft_error_set(err, FT_EINVAL, "config.model.freeze",
+                         "freeze trains only the projection head, and the artifact of '%s' has "
+                         "none",
+                         cfg->model_artifact);
+    if (e == FT_OK) {
+        json_t *m = json_object_get(norm, "model");
+        snprintf(cfg->model_name, sizeof cfg->model_name, "%s", name ? name : "");
+        json_decref(cfg->model_options);
+        cfg->model_options = json_deep_copy(opts);
+        cfg->output_dim = out_dim;
+        json_object_set_new(m, "name", json_string(cfg->model_name));
+        json_object_set_new(m, "options", json_deep_copy(opts));
+        json_object_set_new(m, "output_dim", out_dim ? json_integer(out_dim) : json_null());
+    }
+    json_decref(mc);
+    return e;
+}
+
 /* Every dataset the config reads exists and has the train data's columns; fills input_size in
  * the normalised config. */
 static enum ft_err check_run_datasets(struct ctx *c, struct ft_run_config *cfg, json_t *norm,
@@ -525,6 +598,8 @@ static void h_run_submit(struct ctx *c)
     enum ft_err e = parse_submission(body, &name, &desc, &config, &err);
     if (e == FT_OK)
         e = ft_run_config_parse(config, &cfg, &norm, &err);
+    if (e == FT_OK)
+        e = resolve_artifact(c, &cfg, json_object_get(config, "model"), norm, &err);
     if (e == FT_OK)
         e = check_run_datasets(c, &cfg, norm, &err);
     if (e == FT_OK) {

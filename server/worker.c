@@ -89,6 +89,21 @@ static enum ft_err load_inputs(ft_store *store, const struct ft_run_config *cfg,
     return e;
 }
 
+/* The artifact file of run "EXPERIMENT/RUN" (new string in *path). */
+static enum ft_err start_artifact(ft_store *store, const char *ref, char **path,
+                                  struct ft_error *err)
+{
+    char exp[FT_NAME_MAX];
+    int64_t id;
+    const char *slash = strchr(ref, '/');
+    snprintf(exp, sizeof exp, "%.*s", slash ? (int)(slash - ref) : 0, ref);
+    if (!slash || ft_store_run_find(store, exp, slash + 1, &id, err) != FT_OK)
+        return ft_error_set(err, FT_EINVAL, "config.model.artifact",
+                            "the run '%s' to start from no longer exists", ref);
+    *path = ft_store_artifact_path(store, id);
+    return *path ? FT_OK : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+}
+
 /* Train and return the terminal status; details filled. */
 static const char *run(struct wctx *w, char *details, size_t cap)
 {
@@ -98,7 +113,7 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     struct ft_train_result res;
     struct ft_dataset *loaded[2 + 2 * FT_MAX_EVAL_CALLBACKS] = {0};
     int nloaded = 0;
-    char *text = NULL, *dir = ft_store_run_dir(w->store, w->run_id);
+    char *text = NULL, *start = NULL, *dir = ft_store_run_dir(w->store, w->run_id);
     char *artifact = ft_store_artifact_path(w->store, w->run_id);
     enum ft_err e =
         dir && artifact ? ft_store_run_config(w->store, w->run_id, &text, &err) : FT_ENOMEM;
@@ -109,6 +124,9 @@ static const char *run(struct wctx *w, char *details, size_t cap)
         e = ft_error_set(&err, FT_EIO, NULL, "cannot create %s: %s", dir, strerror(errno));
     if (e == FT_OK)
         e = load_inputs(w->store, &cfg, &in, loaded, &nloaded, &err);
+    if (e == FT_OK && cfg.model_artifact[0])
+        e = start_artifact(w->store, cfg.model_artifact, &start, &err);
+    in.start_artifact = start;
     in.config = config;
     if (e == FT_OK) {
         struct ft_train_hooks hooks = {w, on_log, on_metrics, on_canceled};
@@ -118,6 +136,7 @@ static const char *run(struct wctx *w, char *details, size_t cap)
         ft_dataset_free(loaded[i]);
     ft_run_config_clear(&cfg);
     json_decref(config);
+    free(start);
     free(text);
     free(dir);
     free(artifact);

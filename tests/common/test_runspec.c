@@ -232,3 +232,23 @@ Test(runspec, losses_miners_and_loss_optimizer)
                    "\"num_items_per_class\": 4}, \"hyper_parameters\": {\"loss\": \"CLIPLoss\"}}",
                    "config.data.num_items_per_class");
 }
+
+Test(runspec, artifact_and_wiseft)
+{
+    struct ft_run_config c;
+    struct ft_error err;
+    cr_assert_eq(parse("{\"model\": {\"artifact\": \"exp/run-1\"}, \"data\": {\"train_data\": "
+                       "\"tr\"}, \"callbacks\": [{\"name\": \"WiSEFTCallback\"}]}",
+                       &c, NULL, &err),
+                 FT_OK, "%s", err.message);
+    cr_assert_str_eq(c.model_artifact, "exp/run-1");
+    cr_assert_str_eq(c.model_name, "", "the server takes the name from the artifact");
+    ft_run_config_clear(&c);
+    expect_invalid("{\"model\": {\"artifact\": \"no-slash\"}, \"data\": {\"train_data\": \"tr\"}}",
+                   "config.model.artifact");
+    expect_invalid(MINIMAL ", \"callbacks\": [{\"name\": \"WiSEFTCallback\"}]}",
+                   "config.callbacks");
+    expect_invalid("{\"model\": {\"artifact\": \"e/r\", \"options\": {\"l2\": true}}, \"data\": "
+                   "{\"train_data\": \"tr\"}}",
+                   "config.model.options");
+}

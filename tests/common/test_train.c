@@ -460,3 +460,62 @@ Test(train, clip_loss_trains_on_pairs)
     ft_dataset_free(tr);
     ft_dataset_free(ev);
 }
+
+/* Tensor linear_0.weight of an artifact file (new array) and its element count. */
+static float *artifact_weight(const char *path, size_t *n)
+{
+    ft_safetensors *st;
+    struct ft_tensor_view v;
+    struct ft_error err;
+    cr_assert_eq(ft_safetensors_open(path, &st, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_safetensors_get(st, "linear_0.weight", &v), 0);
+    *n = (size_t)(v.shape[0] * v.shape[1]);
+    float *out = malloc(*n * sizeof *out);
+    memcpy(out, v.data, *n * sizeof *out);
+    ft_safetensors_free(st);
+    return out;
+}
+
+Test(train, start_from_an_artifact_and_wise_ft)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct capture cap = {0};
+    struct ft_dataset *tr = clusters(256, 1.0, 1);
+    char first[96], second[96], text[1024];
+    snprintf(first, sizeof first, "%s.first", artifact_path());
+    snprintf(second, sizeof second, "%s.second", artifact_path());
+    config(&cfg, "[]", 1);
+    cfg.eval_data[0] = '\0';
+    struct ft_train_inputs in = {.train = tr};
+    cr_assert_eq(ft_train(&cfg, &in, NULL, first, &res, &err), FT_OK, "%s", err.message);
+    ft_run_config_clear(&cfg);
+    for (int alpha = 0; alpha <= 1; alpha++) {
+        snprintf(text, sizeof text,
+                 "{\"model\": {\"artifact\": \"e/first\", \"name\": \"mlp\"}, \"data\": "
+                 "{\"train_data\": \"tr\"}, \"hyper_parameters\": {\"epochs\": 1, \"batch_size\": "
+                 "32, \"learning_rate\": 0.01}, \"callbacks\": [{\"name\": \"WiSEFTCallback\", "
+                 "\"options\": {\"alpha\": %d}}]}",
+                 alpha);
+        json_t *j = json_loads(text, 0, NULL);
+        cr_assert_eq(ft_run_config_parse(j, &cfg, NULL, &err), FT_OK, "%s", err.message);
+        json_decref(j);
+        in.start_artifact = first;
+        struct ft_train_hooks hooks = {&cap, on_log, NULL, NULL};
+        cr_assert_eq(ft_train(&cfg, &in, &hooks, second, &res, &err), FT_OK, "%s", err.message);
+        cr_assert(strstr(cap.log, "Starting from the model of run 'e/first'"), "%s", cap.log);
+        size_t n1, n2;
+        float *w1 = artifact_weight(first, &n1), *w2 = artifact_weight(second, &n2);
+        cr_assert_eq(n1, n2);
+        int same = memcmp(w1, w2, n1 * sizeof *w1) == 0;
+        /* alpha 0 keeps the starting weights; alpha 1 keeps the finetuned ones */
+        cr_assert_eq(same, alpha == 0, "alpha %d", alpha);
+        free(w1);
+        free(w2);
+        ft_run_config_clear(&cfg);
+    }
+    unlink(first);
+    unlink(second);
+    ft_dataset_free(tr);
+}

@@ -538,6 +538,51 @@ Test(daemon, worker_killed_with_sigkill)
     json_decref(m);
 }
 
+Test(daemon, a_run_starts_from_an_earlier_artifact_with_wise_ft)
+{
+    upload_fmnist("fm-train", 0, 600);
+    submit_run("base", 1, NULL, "[]");
+    wait_status("base", "FINISHED", 120);
+    /* the architecture comes from the artifact; what disagrees is a 400 */
+    json_t *run = call("POST", "/experiments/e/runs",
+                       "{'name': 'tuned', 'config': {'model': {'artifact': 'e/base'},"
+                       " 'data': {'train_data': 'fm-train'},"
+                       " 'hyper_parameters': {'epochs': 1, 'batch_size': 64},"
+                       " 'callbacks': [{'name': 'WiSEFTCallback', 'options': {'alpha': 0.5}}]}}",
+                       201);
+    json_t *model = json_object_get(json_object_get(run, "config"), "model");
+    cr_assert_str_eq(json_string_value(json_object_get(model, "name")), "mlp");
+    cr_assert_str_eq(json_string_value(json_object_get(model, "artifact")), "e/base");
+    json_decref(run);
+    wait_status("tuned", "FINISHED", 120);
+    size_t len;
+    char *log = get_text("/experiments/e/runs/tuned/logs", "text/plain", &len);
+    cr_assert(strstr(log, "Starting from the model of run 'e/base'"), "%s", log);
+    cr_assert(strstr(log, "WiSE-FT: the artifact is 0.5 x the starting model"), "%s", log);
+    free(log);
+    struct th_response r;
+    const char *bad[][2] = {
+        {"{'config': {'model': {'artifact': 'e/nope'}, 'data': {'train_data': 'fm-train'}}}",
+         "config.model.artifact"},
+        {"{'config': {'model': {'artifact': 'e/base', 'name': 'cnn'}, 'data': {'train_data': "
+         "'fm-train'}}}",
+         "config.model.name"},
+        {"{'config': {'model': {'artifact': 'e/base', 'name': 'mlp', 'options': {'hidden_sizes': "
+         "[8]}}, 'data': {'train_data': 'fm-train'}}}",
+         "config.model.options"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *body = q(bad[i][0]);
+        cr_assert_eq(th_request("POST", td_url(&D, "/experiments/e/runs"), "application/json",
+                                body, strlen(body), 10, &r),
+                     0);
+        free(body);
+        cr_assert_eq(r.status, 400, "%s: %ld %s", bad[i][0], r.status, r.body);
+        check_error_body(&r, "invalid_argument", bad[i][1]);
+        th_response_free(&r);
+    }
+}
+
 /* The finetunerd binary the tests run (as tests/support/daemon.c finds it). */
 static const char *daemon_binary(void)
 {
