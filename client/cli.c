@@ -36,14 +36,16 @@ enum opt_kind {
     OPT_POS_DOUBLE,
     OPT_LLONG,
     OPT_BOOL,
-    OPT_CALLBACK
+    OPT_CALLBACK,
+    OPT_PAIR
 };
 
 struct opt {
     const char *name;  /* "--epochs" */
     const char *alias; /* "-o" or NULL */
     enum opt_kind kind;
-    void *dst; /* const char **, int *, double *, long long *, int *, struct cb_list * */
+    void *dst; /* const char **, int *, double *, long long *, int *, struct cb_list *,
+                  struct pair * */
     const char *meta;
     const char *help;
 };
@@ -52,6 +54,12 @@ struct cb_list {
     struct ft_callback items[MAX_CALLBACKS];
     char names[MAX_CALLBACKS][64];
     int n;
+};
+
+/* "A,B": two numbers, e.g. --standardize MEAN,STD. */
+struct pair {
+    int set;
+    double a, b;
 };
 
 struct cmd_spec {
@@ -128,6 +136,21 @@ static int add_callback(struct cb_list *l, const char *arg)
     return 0;
 }
 
+/* "A,B" into pr; -1 when malformed. */
+static int parse_pair(const char *val, struct pair *pr)
+{
+    char first[64];
+    const char *comma = strchr(val, ',');
+    if (!comma || (size_t)(comma - val) >= sizeof first)
+        return -1;
+    memcpy(first, val, (size_t)(comma - val));
+    first[comma - val] = '\0';
+    if (parse_double(first, &pr->a) != 0 || parse_double(comma + 1, &pr->b) != 0)
+        return -1;
+    pr->set = 1;
+    return 0;
+}
+
 /* Store val into o's destination; -1 when it does not parse. */
 static int set_opt(const struct opt *o, const char *val)
 {
@@ -151,6 +174,8 @@ static int set_opt(const struct opt *o, const char *val)
         return o->kind == OPT_POS_DOUBLE && !(*(double *)o->dst > 0) ? -1 : 0;
     case OPT_CALLBACK:
         return add_callback(o->dst, val);
+    case OPT_PAIR:
+        return parse_pair(val, o->dst);
     case OPT_BOOL:
         break;
     }
@@ -465,25 +490,45 @@ static int cmd_fit(ft_client *c, int argc, char **argv)
         "the server's\ndefaults. With --follow, stream the log and exit 1 unless the run "
         "FINISHED.",
         0, 0};
-    struct ft_fit_params p = {.model = "mlp", .seed = -1};
+    struct ft_fit_params p = {.seed = -1};
     struct cb_list cbs = {.n = 0};
+    struct pair standardize = {0};
     int follow_flag = 0;
     const struct opt opts[] = {
-        {"--model", NULL, OPT_STR, &p.model, "NAME", "model to finetune (default: mlp)"},
+        {"--model", NULL, OPT_STR, &p.model, "NAME",
+         "mlp (default) or cnn; with --model-artifact: its model"},
         {"--model-options", NULL, OPT_STR, &p.model_options, "JSON", "model options (object)"},
+        {"--output-dim", NULL, OPT_POS_INT, &p.output_dim, "N",
+         "append a linear projection head of N outputs"},
+        {"--freeze", NULL, OPT_BOOL, &p.freeze, NULL,
+         "train only the projection head (needs --output-dim)"},
+        {"--model-artifact", NULL, OPT_STR, &p.model_artifact, "EXP/RUN",
+         "start from the model of an earlier FINISHED run"},
         {"--train-data", NULL, OPT_STR, &p.train_data, "DATASET", "training dataset (required)"},
         {"--eval-data", NULL, OPT_STR, &p.eval_data, "DATASET", "evaluation dataset (val_loss)"},
         {"--val-split", NULL, OPT_DOUBLE, &p.val_split, "F", "hold out F of train_data instead"},
+        {"--sampler", NULL, OPT_STR, &p.sampler, "NAME", "auto (default), class or random"},
+        {"--standardize", NULL, OPT_PAIR, &standardize, "MEAN,STD",
+         "feed the model (x - MEAN) / STD"},
         {"--run-name", NULL, OPT_STR, &p.run_name, "NAME", "run name (default: server's pick)"},
         {"--description", NULL, OPT_STR, &p.description, "TEXT", "run description"},
         {"--experiment", NULL, OPT_STR, &p.experiment_name, "NAME", "experiment (default)"},
         {"--loss", NULL, OPT_STR, &p.loss, "NAME", "loss (default: TripletMarginLoss)"},
         {"--loss-options", NULL, OPT_STR, &p.loss_options, "JSON", "loss options (object)"},
-        {"--miner", NULL, OPT_STR, &p.miner, "NAME", "miner: TripletMarginMiner (default: none)"},
+        {"--miner", NULL, OPT_STR, &p.miner, "NAME",
+         "miner, e.g. TripletMarginMiner (default: none)"},
         {"--miner-options", NULL, OPT_STR, &p.miner_options, "JSON", "miner options (object)"},
-        {"--optimizer", NULL, OPT_STR, &p.optimizer, "NAME", "optimizer: Adam (default) or SGD"},
+        {"--optimizer", NULL, OPT_STR, &p.optimizer, "NAME", "Adam (default), AdamW or SGD"},
         {"--optimizer-options", NULL, OPT_STR, &p.optimizer_options, "JSON",
          "optimizer options (object)"},
+        {"--loss-optimizer", NULL, OPT_STR, &p.loss_optimizer, "NAME",
+         "for the loss's own weights (ArcFaceLoss; default: --optimizer)"},
+        {"--loss-optimizer-options", NULL, OPT_STR, &p.loss_optimizer_options, "JSON",
+         "loss optimizer options (object)"},
+        {"--scheduler", NULL, OPT_STR, &p.scheduler, "NAME",
+         "learning-rate schedule, e.g. linear (default: none)"},
+        {"--scheduler-options", NULL, OPT_STR, &p.scheduler_options, "JSON",
+         "scheduler options (object)"},
         {"--learning-rate", NULL, OPT_POS_DOUBLE, &p.learning_rate, "LR", "default: 0.001"},
         {"--epochs", NULL, OPT_POS_INT, &p.epochs, "N", "default: 5"},
         {"--batch-size", NULL, OPT_POS_INT, &p.batch_size, "N", "default: chosen from the data"},
@@ -497,7 +542,13 @@ static int cmd_fit(ft_client *c, int argc, char **argv)
     int npos, r = parse_args(&spec, opts, argc, argv, pos, &npos);
     if (r != PARSE_OK)
         return parse_exit(r);
+    if (!p.model && !p.model_artifact) /* an artifact brings its own architecture */
+        p.model = "mlp";
     p.has_seed = p.seed >= 0;
+    p.has_freeze = p.freeze;
+    p.has_standardize = standardize.set;
+    p.standardize_mean = standardize.a;
+    p.standardize_std = standardize.b;
     p.callbacks = cbs.items;
     p.num_callbacks = (size_t)cbs.n;
     ft_run *run;
@@ -645,6 +696,27 @@ static int cmd_metrics(ft_client *c, int argc, char **argv)
         r = server_error(c);
     else
         r = json_flag ? print_json_text(json) : print_metrics_table(json);
+    free(json);
+    ft_run_free(run);
+    return r;
+}
+
+static int cmd_examples(ft_client *c, int argc, char **argv)
+{
+    static const struct cmd_spec spec = {
+        "examples", "EXPERIMENT RUN",
+        "Print the example queries' top results before and after finetuning (JSON; from\n"
+        "EvaluationCallbacks with gather_examples).",
+        2, 2};
+    const char *pos[MAX_POS];
+    int npos, r = parse_args(&spec, NULL, argc, argv, pos, &npos);
+    if (r != PARSE_OK)
+        return parse_exit(r);
+    ft_run *run = open_run(c, pos);
+    char *json = NULL;
+    if (!run)
+        return EXIT_SERVER;
+    r = ft_run_examples(run, &json) == 0 ? print_json_text(json) : server_error(c);
     free(json);
     ft_run_free(run);
     return r;
@@ -847,6 +919,7 @@ static const struct command commands[] = {
     {"status", cmd_status, "show a run's status"},
     {"logs", cmd_logs, "show or follow a run's log"},
     {"metrics", cmd_metrics, "show a run's metrics"},
+    {"examples", cmd_examples, "show a run's example query results"},
     {"artifact", cmd_artifact, "download a finished run's model"},
     {"cancel", cmd_cancel, "cancel a run"},
     {"runs", cmd_runs, "list an experiment's runs"},

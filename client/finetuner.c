@@ -349,6 +349,13 @@ int ft_run_metrics(ft_run *run, char **json)
                       json);
 }
 
+int ft_run_examples(ft_run *run, char **json)
+{
+    ftc_error_clear(run->c);
+    return fetch_text(run->c, "GET", run_path(run->c, run->experiment, run->name, "/examples"),
+                      json);
+}
+
 int ft_run_cancel(ft_run *run)
 {
     ft_client *c = run->c;

@@ -91,9 +91,11 @@ int ft_client_health(ft_client *c, char **version);
  * ft_fit() that uses the struct returns. Unset fields (NULL, or a negative number where noted)
  * are omitted so that the server fills its defaults. */
 struct ft_callback {
-    const char *name;    /* "EvaluationCallback" | "BestModelCheckpoint" | "EarlyStopping" */
+    const char *name;    /* "EvaluationCallback" | "BestModelCheckpoint" | "EarlyStopping" |
+                            "TrainingCheckpoint" | "WiSEFTCallback" */
     const char *options; /* JSON object text; when non-NULL it is sent as is and the typed
-                            fields below are ignored */
+                            fields below are ignored (the only way to set the options that
+                            have no field here: caption, gather_examples, alpha, ...) */
     /* EvaluationCallback */
     const char *query_data; /* dataset name (required by the server) */
     const char *index_data; /* dataset name, NULL = the query set is the index */
@@ -123,27 +125,43 @@ struct ft_callback ft_early_stopping(const char *monitor, const char *mode, int 
 
 /* The keyword arguments of finetuner.fit(). Zero-initialise and set what you need: NULL
  * strings and zero numbers are "unset" and left out of the request, so the server applies
- * Finetuner's defaults (TripletMarginLoss, Adam, learning_rate 1e-3, epochs 5, batch_size 128,
- * num_items_per_class 4, seed 42). *_options are JSON object texts. All pointers borrowed. */
+ * Finetuner's defaults (TripletMarginLoss, Adam, learning_rate 1e-3, epochs 5, batch_size
+ * chosen from the data, num_items_per_class 4, sampler auto, seed 42). *_options are JSON
+ * object texts. All pointers borrowed. README.md "Run config" lists every name and option. */
 struct ft_fit_params {
-    const char *model;           /* "mlp" (required by the server) */
+    const char *model;           /* "mlp" | "cnn" (required by the server unless model_artifact
+                                    is set: the artifact's model is the default then) */
     const char *model_options;   /* e.g. "{\"hidden_sizes\": [128], \"l2\": true}" */
+    int output_dim;              /* > 0: append a linear projection head of that size; 0 = none */
+    int has_freeze;              /* 1 = send freeze */
+    int freeze;                  /* 1 = train only the projection head (needs output_dim) */
+    const char *model_artifact;  /* "EXPERIMENT/RUN" of an earlier FINISHED run to start from,
+                                    sent as config.model.artifact; NULL = fresh weights */
     const char *train_data;      /* dataset name (required by the server) */
     const char *eval_data;       /* dataset name or NULL */
     const char *run_name;        /* NULL = the server picks a name */
     const char *description;     /* NULL = none */
     const char *experiment_name; /* NULL = "default" */
-    const char *loss;            /* "TripletMarginLoss" */
+    const char *loss;            /* "TripletMarginLoss", "ArcFaceLoss", ... */
     const char *loss_options;    /* {"margin": 0.2, "distance": "cosine"} */
-    const char *miner;           /* "TripletMarginMiner" or NULL */
+    const char *miner;           /* "TripletMarginMiner", "BatchHardMiner", ... or NULL */
     const char *miner_options;   /* {"type_of_triplets": "hard", "margin": 0.2} */
-    const char *optimizer;       /* "Adam" | "SGD" */
+    const char *optimizer;       /* "Adam" | "AdamW" | "SGD" */
     const char *optimizer_options;
-    double learning_rate;    /* 0 = default */
-    int epochs;              /* 0 = default */
-    int batch_size;          /* 0 = default; a multiple of num_items_per_class */
-    int num_items_per_class; /* 0 = default */
-    double val_split;        /* fraction of train_data held out for val_loss; 0 = none */
+    const char *loss_optimizer; /* for a loss's own parameters (ArcFaceLoss); NULL = optimizer */
+    const char *loss_optimizer_options;
+    const char *scheduler;         /* "linear", "cosine", ... or NULL = constant learning rate */
+    const char *scheduler_options; /* {"num_warmup_steps": 10, "scheduler_step": "batch"} */
+    double learning_rate;          /* 0 = default */
+    int epochs;                    /* 0 = default */
+    int batch_size;                /* 0 = the server chooses from the data; else a multiple of
+                                      num_items_per_class (unless sampler is "random") */
+    int num_items_per_class;       /* 0 = default */
+    const char *sampler;           /* "auto" | "class" | "random"; NULL = default (auto) */
+    double val_split;              /* fraction of train_data held out for val_loss; 0 = none */
+    int has_standardize;           /* 1 = send data.standardize {"mean", "std"} */
+    double standardize_mean;       /* every feature becomes (x - mean) / std */
+    double standardize_std;        /* > 0 */
     const struct ft_callback *callbacks; /* num_callbacks entries (NULL when 0) */
     size_t num_callbacks;
     int has_seed;   /* 1 = send seed */
@@ -204,6 +222,11 @@ int ft_run_stream_logs(ft_run *run, void (*on_line)(const char *line, void *ctx)
 /* GET .../metrics: *json is set to the metrics object as JSON text (new, free()):
  * {"before": {...}, "after": {...}, "epochs": [{"epoch", "train_loss", "val_loss", ...}]}. */
 int ft_run_metrics(ft_run *run, char **json);
+
+/* GET .../examples: *json is set to {"before": [...], "after": [...]} (new, free()): the
+ * top-limit results of the example queries of EvaluationCallbacks with gather_examples (empty
+ * lists when none gathered any). */
+int ft_run_examples(ft_run *run, char **json);
 
 /* GET .../artifact and store the safetensors model at path: written to "<path>.tmp" first,
  * then renamed, so path is either the old file or the complete new one. Errors: "conflict"

@@ -1,7 +1,9 @@
 /* fit_config.c — the run config of finetuner.fit(), built from struct ft_fit_params.
  *
- * Shape (see the API contract): {"name", "description", "config": {"model": {"name",
- * "options"}, "data": {...}, "hyper_parameters": {...}, "callbacks": [...], "seed"}}. Only the
+ * Shape (common/runspec.h): {"name", "description", "config": {"model": {"name", "options",
+ * "output_dim", "freeze", "artifact"}, "data": {..., "sampler", "standardize": {"mean",
+ * "std"}}, "hyper_parameters": {..., "loss_optimizer", "scheduler", ...}, "callbacks": [...],
+ * "seed"}}. Only the
  * fields the caller set are written, and a section left empty is left out; the server
  * validates everything and fills defaults, so
  * the client does not duplicate its rules. Options texts are parsed here only to embed them
@@ -102,11 +104,33 @@ static int attach(ft_client *c, json_t *o, const char *key, json_t *section, int
 
 /* ---- sections ---------------------------------------------------------------------------- */
 
+static int put_int(ft_client *c, json_t *o, const char *key, int v)
+{
+    return v != 0 ? put(c, o, key, json_integer(v)) : 0;
+}
+
 static int fill_model(ft_client *c, json_t *m, const struct ft_fit_params *p)
 {
-    if (put_str(c, m, "name", p->model) != 0)
+    if (put_str(c, m, "name", p->model) != 0 ||
+        put_options(c, m, "options", p->model_options, "model_options") != 0 ||
+        put_int(c, m, "output_dim", p->output_dim) != 0)
         return -1;
-    return put_options(c, m, "options", p->model_options, "model_options");
+    if (p->has_freeze && put(c, m, "freeze", json_boolean(p->freeze)) != 0)
+        return -1;
+    return put_str(c, m, "artifact", p->model_artifact);
+}
+
+/* data.standardize {"mean", "std"} when has_standardize. */
+static int add_standardize(ft_client *c, json_t *d, const struct ft_fit_params *p)
+{
+    if (!p->has_standardize)
+        return 0;
+    json_t *st = new_object(c);
+    if (!st || put(c, d, "standardize", st) != 0)
+        return -1;
+    if (put(c, st, "mean", json_real(p->standardize_mean)) != 0)
+        return -1;
+    return put(c, st, "std", json_real(p->standardize_std));
 }
 
 static int fill_data(ft_client *c, json_t *d, const struct ft_fit_params *p)
@@ -116,31 +140,40 @@ static int fill_data(ft_client *c, json_t *d, const struct ft_fit_params *p)
         return -1;
     if (p->val_split != 0 && put(c, d, "val_split", json_real(p->val_split)) != 0)
         return -1;
-    if (p->num_items_per_class != 0 &&
-        put(c, d, "num_items_per_class", json_integer(p->num_items_per_class)) != 0)
+    if (put_int(c, d, "num_items_per_class", p->num_items_per_class) != 0 ||
+        put_str(c, d, "sampler", p->sampler) != 0)
         return -1;
-    return 0;
+    return add_standardize(c, d, p);
 }
 
 static int add_numbers(ft_client *c, json_t *hp, const struct ft_fit_params *p)
 {
     if (p->learning_rate != 0 && put(c, hp, "learning_rate", json_real(p->learning_rate)) != 0)
         return -1;
-    if (p->epochs != 0 && put(c, hp, "epochs", json_integer(p->epochs)) != 0)
-        return -1;
-    if (p->batch_size != 0 && put(c, hp, "batch_size", json_integer(p->batch_size)) != 0)
+    if (put_int(c, hp, "epochs", p->epochs) != 0 ||
+        put_int(c, hp, "batch_size", p->batch_size) != 0)
         return -1;
     return 0;
 }
 
+/* name and name_options (param = the field's name in struct ft_fit_params). */
+static int put_named(ft_client *c, json_t *hp, const char *key, const char *name,
+                     const char *opts_key, const char *opts)
+{
+    if (put_str(c, hp, key, name) != 0)
+        return -1;
+    return put_options(c, hp, opts_key, opts, opts_key);
+}
+
 static int fill_hyper(ft_client *c, json_t *hp, const struct ft_fit_params *p)
 {
-    if (put_str(c, hp, "loss", p->loss) != 0 ||
-        put_options(c, hp, "loss_options", p->loss_options, "loss_options") != 0 ||
-        put_str(c, hp, "miner", p->miner) != 0 ||
-        put_options(c, hp, "miner_options", p->miner_options, "miner_options") != 0 ||
-        put_str(c, hp, "optimizer", p->optimizer) != 0 ||
-        put_options(c, hp, "optimizer_options", p->optimizer_options, "optimizer_options") != 0)
+    if (put_named(c, hp, "loss", p->loss, "loss_options", p->loss_options) != 0 ||
+        put_named(c, hp, "miner", p->miner, "miner_options", p->miner_options) != 0 ||
+        put_named(c, hp, "optimizer", p->optimizer, "optimizer_options", p->optimizer_options) !=
+            0 ||
+        put_named(c, hp, "loss_optimizer", p->loss_optimizer, "loss_optimizer_options",
+                  p->loss_optimizer_options) != 0 ||
+        put_named(c, hp, "scheduler", p->scheduler, "scheduler_options", p->scheduler_options) != 0)
         return -1;
     return add_numbers(c, hp, p);
 }

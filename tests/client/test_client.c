@@ -5,10 +5,12 @@
  * a transport error; CSV push/list/get/delete with the dataset object; IDX multipart push;
  * server errors passed through with code/message/param/status (ragged CSV, duplicate name,
  * bad config path, bad names); client-side errors (missing file, malformed options JSON); the
- * exact submission body built from struct ft_fit_params (unset fields left out); a tiny
- * 2-epoch run followed through the SSE log stream, then status, logs, metrics, artifact,
- * list, cancel-after-end and delete; cancel of a long run; the SSE parser fed byte by byte;
- * and the CLI's exit codes and error line. Runs use 160 rows x 8 dims: well under a second.
+ * exact submission body built from struct ft_fit_params (every keyword, unset fields left out);
+ * the newer keywords (output_dim, freeze, sampler, standardize, scheduler, loss_optimizer)
+ * through a real run with its example queries fetched back; a tiny 2-epoch run followed
+ * through the SSE log stream, then status, logs, metrics, artifact, list, cancel-after-end and
+ * delete; cancel of a long run; the SSE parser fed byte by byte; and the CLI's exit codes,
+ * error line, fit flags and examples command. Runs use 160 rows x 8 dims: well under a second.
  *
  * It also includes the server's error and callback headers next to finetuner.h: the public
  * header must not clash with them. */
@@ -311,6 +313,10 @@ Test(client, fit_body_mirrors_every_keyword)
                                 {.name = "BestModelCheckpoint", .options = "{\"mode\": \"min\"}"}};
     struct ft_fit_params p = {.model = "mlp",
                               .model_options = "{\"l2\": false}",
+                              .output_dim = 16,
+                              .has_freeze = 1,
+                              .freeze = 1,
+                              .model_artifact = "exp0/base",
                               .train_data = "t",
                               .eval_data = "e",
                               .run_name = "r",
@@ -321,10 +327,18 @@ Test(client, fit_body_mirrors_every_keyword)
                               .miner_options = "{\"type_of_triplets\": \"hard\"}",
                               .optimizer = "SGD",
                               .optimizer_options = "{\"momentum\": 0.9}",
+                              .loss_optimizer = "AdamW",
+                              .loss_optimizer_options = "{\"weight_decay\": 0.5}",
+                              .scheduler = "linear",
+                              .scheduler_options = "{\"num_warmup_steps\": 4}",
                               .learning_rate = 0.25,
                               .epochs = 3,
                               .batch_size = 32,
                               .num_items_per_class = 2,
+                              .sampler = "class",
+                              .has_standardize = 1,
+                              .standardize_mean = 0.5,
+                              .standardize_std = 0.25,
                               .callbacks = cbs,
                               .num_callbacks = 3,
                               .has_seed = 1,
@@ -334,11 +348,15 @@ Test(client, fit_body_mirrors_every_keyword)
     json_t *got = parse(body);
     json_t *want = parse(
         "{\"name\": \"r\", \"description\": \"d\", \"config\": {"
-        "\"model\": {\"name\": \"mlp\", \"options\": {\"l2\": false}},"
-        "\"data\": {\"train_data\": \"t\", \"eval_data\": \"e\", \"num_items_per_class\": 2},"
+        "\"model\": {\"name\": \"mlp\", \"options\": {\"l2\": false}, \"output_dim\": 16,"
+        "\"freeze\": true, \"artifact\": \"exp0/base\"},"
+        "\"data\": {\"train_data\": \"t\", \"eval_data\": \"e\", \"num_items_per_class\": 2,"
+        "\"sampler\": \"class\", \"standardize\": {\"mean\": 0.5, \"std\": 0.25}},"
         "\"hyper_parameters\": {\"loss\": \"TripletMarginLoss\", \"loss_options\": {\"margin\": "
         "0.5}, \"miner\": \"TripletMarginMiner\", \"miner_options\": {\"type_of_triplets\": "
         "\"hard\"}, \"optimizer\": \"SGD\", \"optimizer_options\": {\"momentum\": 0.9}, "
+        "\"loss_optimizer\": \"AdamW\", \"loss_optimizer_options\": {\"weight_decay\": 0.5}, "
+        "\"scheduler\": \"linear\", \"scheduler_options\": {\"num_warmup_steps\": 4}, "
         "\"learning_rate\": 0.25, \"epochs\": 3, \"batch_size\": 32},"
         "\"callbacks\": [{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"q\", "
         "\"index_data\": \"i\", \"distance\": \"euclidean\", \"limit\": 10}},"
@@ -348,6 +366,20 @@ Test(client, fit_body_mirrors_every_keyword)
     cr_assert(json_equal(got, want), "got %s", body);
     json_decref(got);
     json_decref(want);
+    free(body);
+}
+
+Test(client, fit_body_sends_an_explicit_false_freeze_and_no_unset_standardize)
+{
+    struct ft_fit_params p = {.model = "cnn",
+                              .train_data = "t",
+                              .has_freeze = 1,
+                              .standardize_mean = 3,
+                              .standardize_std = 2};
+    char *body = ftc_fit_body(C, &p);
+    cr_assert_not_null(body);
+    cr_assert_str_eq(body, "{\"config\":{\"model\":{\"name\":\"cnn\",\"freeze\":false},"
+                           "\"data\":{\"train_data\":\"t\"}}}");
     free(body);
 }
 
@@ -364,6 +396,13 @@ Test(client, fit_rejects_malformed_options_before_any_request)
     struct ft_fit_params q = {.model = "mlp", .callbacks = &cb, .num_callbacks = 1};
     cr_assert_eq(ft_fit(C, &q, &run), -1);
     assert_error("invalid_argument", "callbacks[0].options", 0);
+
+    struct ft_fit_params r = {.model = "mlp", .train_data = "t", .scheduler_options = "7"};
+    cr_assert_eq(ft_fit(C, &r, &run), -1);
+    assert_error("invalid_argument", "scheduler_options", 0);
+    r = (struct ft_fit_params){.model = "mlp", .loss_optimizer_options = "{"};
+    cr_assert_eq(ft_fit(C, &r, &run), -1);
+    assert_error("invalid_argument", "loss_optimizer_options", 0);
 }
 
 Test(client, fit_passes_the_servers_config_errors_through)
@@ -489,6 +528,91 @@ Test(client, tiny_run_end_to_end)
     ft_run_free(run);
 }
 
+static json_t *section(json_t *run_obj, const char *name)
+{
+    return json_object_get(json_object_get(run_obj, "config"), name);
+}
+
+/* The normalised config echoes the fields added since finetuner.fit()'s first keywords. */
+static void check_new_fields(void)
+{
+    json_t *o = parse(ft_client_last_response(C));
+    json_t *model = section(o, "model"), *data = section(o, "data");
+    json_t *hp = section(o, "hyper_parameters");
+    cr_assert_eq(jint(model, "output_dim"), 8);
+    cr_assert(json_is_true(json_object_get(model, "freeze")));
+    cr_assert_str_eq(json_string_value(json_object_get(data, "sampler")), "class");
+    json_t *st = json_object_get(data, "standardize");
+    cr_assert_float_eq(json_number_value(json_object_get(st, "mean")), 0.5, 1e-12);
+    cr_assert_float_eq(json_number_value(json_object_get(st, "std")), 0.25, 1e-12);
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "scheduler")), "linear");
+    cr_assert_eq(jint(json_object_get(hp, "scheduler_options"), "num_warmup_steps"), 2);
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "loss_optimizer")), "SGD");
+    cr_assert(json_is_null(json_object_get(hp, "batch_size")), "batch_size is the server's pick");
+    json_decref(o);
+}
+
+/* Example queries: one gathering EvaluationCallback, 3 queries before and after. */
+static void check_examples(ft_run *run)
+{
+    char *text = NULL;
+    cr_assert_eq(ft_run_examples(run, &text), 0, "%s", ft_client_error_message(C));
+    json_t *o = parse(text);
+    for (int i = 0; i < 2; i++) {
+        json_t *list = json_object_get(o, i ? "after" : "before");
+        cr_assert_eq(json_array_size(list), 1, "%s", text);
+        cr_assert_eq(json_array_size(json_object_get(json_array_get(list, 0), "queries")), 3, "%s",
+                     text);
+    }
+    json_decref(o);
+    free(text);
+}
+
+Test(client, new_fit_keywords_reach_the_server_and_examples_come_back)
+{
+    push_tiny("tiny");
+    struct ft_callback cb = {.name = "EvaluationCallback",
+                             .options = "{\"query_data\": \"tiny\", \"gather_examples\": true, "
+                                        "\"num_example_queries\": 3, \"limit\": 4}"};
+    struct ft_fit_params p = {.model = "mlp",
+                              .model_options = "{\"hidden_sizes\": [16]}",
+                              .output_dim = 8,
+                              .has_freeze = 1,
+                              .freeze = 1,
+                              .train_data = "tiny",
+                              .experiment_name = "exp2",
+                              .run_name = "new",
+                              .loss = "ArcFaceLoss",
+                              .loss_optimizer = "SGD",
+                              .scheduler = "linear",
+                              .scheduler_options = "{\"num_warmup_steps\": 2}",
+                              .epochs = 1,
+                              .sampler = "class",
+                              .has_standardize = 1,
+                              .standardize_mean = 0.5,
+                              .standardize_std = 0.25,
+                              .callbacks = &cb,
+                              .num_callbacks = 1};
+    ft_run *run = NULL;
+    cr_assert_eq(ft_fit(C, &p, &run), 0, "%s: %s (%s)", ft_client_error_code(C),
+                 ft_client_error_message(C), ft_client_error_param(C));
+    check_new_fields();
+    char status[FTC_STATUS_MAX];
+    cr_assert_eq(ft_run_wait(run, 20, status), 0);
+    cr_assert_str_eq(status, "FINISHED");
+    check_examples(run);
+    ft_run_free(run);
+
+    p.sampler = "sometimes"; /* the server's word on a bad value comes through */
+    p.run_name = "bad";
+    cr_assert_eq(ft_fit(C, &p, &run), -1);
+    assert_error("invalid_argument", "config.data.sampler", 400);
+    p.sampler = NULL;
+    p.standardize_std = 0;
+    cr_assert_eq(ft_fit(C, &p, &run), -1);
+    assert_error("invalid_argument", "config.data.standardize.std", 400);
+}
+
 Test(client, cancel_a_long_run)
 {
     push_tiny("tiny");
@@ -606,4 +730,50 @@ Test(client, cli_exit_codes_and_error_line)
     assert_output("err", "(param: config.callbacks[0].options.patience)");
     cr_assert_eq(cli("runs e --json"), 0);
     assert_output("out", "\"total\": 1");
+    cr_assert_eq(cli("examples e c1"), 0);
+    assert_output("out", "\"before\": []");
+    cr_assert_eq(cli("examples e"), 2);
+}
+
+Test(client, cli_new_fit_flags)
+{
+    char args[1024];
+    snprintf(args, sizeof args, "dataset push tiny --csv %s", tiny_csv());
+    cr_assert_eq(cli(args), 0);
+    cr_assert_eq(cli("fit --train-data tiny --standardize 0.5"), 2);
+    assert_output("err", "bad value '0.5' for --standardize (MEAN,STD)");
+    cr_assert_eq(cli("fit --train-data tiny --standardize 0.5,x"), 2);
+    cr_assert_eq(cli("fit --train-data tiny --output-dim 0"), 2);
+    cr_assert_eq(cli("fit --train-data tiny --freeze=yes"), 2);
+    cr_assert_eq(cli("fit --train-data tiny --freeze"), 1); /* freeze needs output_dim */
+    assert_output("err", "(param: config.model.freeze)");
+    cr_assert_eq(cli("fit --train-data tiny --model-artifact e/none --sampler random "
+                     "--epochs 1 --run-name a1 --experiment e"),
+                 1); /* whatever the server says of the artifact, it was sent */
+    assert_output("err", "config.model.artifact");
+    cr_assert_eq(
+        cli("fit --train-data tiny --epochs 1 --run-name c2 --experiment e --output-dim 8 "
+            "--freeze --sampler random --standardize 0.5,0.25 --scheduler cosine "
+            "--scheduler-options '{\"num_warmup_steps\": 1}' --loss ArcFaceLoss "
+            "--loss-optimizer AdamW --loss-optimizer-options '{\"weight_decay\": 0}' "
+            "--callback 'EvaluationCallback:{\"query_data\": \"tiny\", \"gather_examples\": "
+            "true}' --follow"),
+        0);
+    assert_output("out", "Run c2 FINISHED");
+    cr_assert_eq(cli("examples e c2"), 0);
+    assert_output("out", "\"queries\"");
+    ft_run *run = NULL;
+    cr_assert_eq(ft_get_run(C, "e", "c2", &run), 0);
+    json_t *o = parse(ft_client_last_response(C));
+    cr_assert_eq(jint(section(o, "model"), "output_dim"), 8);
+    cr_assert(json_is_true(json_object_get(section(o, "model"), "freeze")));
+    json_t *data = section(o, "data"), *hp = section(o, "hyper_parameters");
+    cr_assert_str_eq(json_string_value(json_object_get(data, "sampler")), "random");
+    cr_assert_float_eq(
+        json_number_value(json_object_get(json_object_get(data, "standardize"), "std")), 0.25,
+        1e-12);
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "scheduler")), "cosine");
+    cr_assert_str_eq(json_string_value(json_object_get(hp, "loss_optimizer")), "AdamW");
+    json_decref(o);
+    ft_run_free(run);
 }
