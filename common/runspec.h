@@ -2,9 +2,12 @@
  *
  * {"model": {"name": "mlp", "options": {...}, "output_dim": null, "freeze": false,
  *            "artifact": "EXPERIMENT/RUN" (start from that run's model) | null},
- *  "data": {"train_data", "eval_data", "val_split", "num_items_per_class"},
+ *  "data": {"train_data", "eval_data", "val_split", "num_items_per_class", "sampler",
+ *           "standardize": {"mean", "std"}},
  *  "hyper_parameters": {"loss", "loss_options", "miner", "miner_options", "optimizer",
- *                       "optimizer_options", "learning_rate", "epochs", "batch_size"},
+ *                       "optimizer_options", "loss_optimizer", "loss_optimizer_options",
+ *                       "scheduler", "scheduler_options", "learning_rate", "epochs",
+ *                       "batch_size"},
  *  "callbacks": [{"name", "options"}], "seed"}
  * Defaults are Finetuner's (TripletMarginLoss, Adam, learning_rate 1e-3, epochs 5, batch_size
  * chosen from the data, num_items_per_class 4, sampler auto, seed 42). Every unknown key, wrong

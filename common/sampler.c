@@ -222,6 +222,13 @@ int ft_sampler_next(ft_sampler *s, int64_t *idx)
     return 1;
 }
 
+int64_t ft_sampler_state(ft_sampler *s, int64_t **order, uint64_t **rng)
+{
+    *order = s->order;
+    *rng = s->rng.s;
+    return s->n;
+}
+
 void ft_sampler_free(ft_sampler *s)
 {
     if (!s)

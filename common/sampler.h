@@ -41,6 +41,10 @@ int ft_sampler_batch_size(const ft_sampler *s);
 /* Write the next batch's row indices into idx (batch_size) and return 1, or return 0 at the
  * end of the epoch (nothing written); the call after that starts a new, reshuffled epoch. */
 int ft_sampler_next(ft_sampler *s, int64_t *idx);
+/* Checkpoint support: the row order (n rows, grouped by class; the next epoch reshuffles it)
+ * and the generator state (4 words), both borrowed and writable, so a resumed run can restore
+ * them between epochs and draw the same batches as an uninterrupted one. Returns n. */
+int64_t ft_sampler_state(ft_sampler *s, int64_t **order, uint64_t **rng);
 void ft_sampler_free(ft_sampler *s);
 
 #endif

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct trainer {
     const struct ft_run_config *cfg;
@@ -44,6 +45,8 @@ struct trainer {
     /* the best epoch's params then buffers (num_params + num_buffers) */
     float *best_params;
     const char *start_artifact; /* model.artifact's file (borrowed), NULL = fresh model */
+    const char *checkpoint_dir; /* TrainingCheckpoint's directory (borrowed) */
+    json_t *config;             /* normalised run config (borrowed) */
     float *start_params;        /* WiSE-FT: the starting params then buffers (owned) */
     ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS];        /* one per EvaluationCallback (owned) */
     struct ft_metrics_result mr[FT_MAX_EVAL_CALLBACKS]; /* their latest results */
@@ -602,6 +605,106 @@ static enum ft_err write_artifact(struct trainer *t, json_t *config, json_t *aft
     return e;
 }
 
+/* ---- TrainingCheckpoint ---- */
+
+/* Append a tensor view (name copied into names[i], at most 64 bytes). */
+static void add_view(struct ft_tensor_view *v, char (*names)[96], int *n, const char *name,
+                     const char *dtype, int64_t count, const void *data)
+{
+    snprintf(names[*n], sizeof names[*n], "%s", name);
+    v[*n] = (struct ft_tensor_view){names[*n], dtype, 1, {count}, data};
+    (*n)++;
+}
+
+/* Everything training needs to go on after epoch: the model, the best epoch's weights, the
+ * optimizers' moments, the loss's parameters, the sampler's order and generators. */
+static int checkpoint_tensors(struct trainer *t, ft_sampler *s, struct ft_tensor_view *v,
+                              char (*names)[96])
+{
+    int n = 0;
+    size_t np = ft_model_num_params(t->model), nb = ft_model_num_buffers(t->model);
+    float *m, *vv;
+    int64_t *order;
+    uint64_t *rng;
+    add_view(v, names, &n, "model.params", "F32", (int64_t)np, ft_model_params(t->model));
+    if (nb)
+        add_view(v, names, &n, "model.buffers", "F32", (int64_t)nb, ft_model_buffers(t->model));
+    add_view(v, names, &n, "model.rng", "I64", 4, ft_model_rng_state(t->model));
+    add_view(v, names, &n, "best.weights", "F32", (int64_t)(np + nb), t->best_params);
+    if (t->start_params)
+        add_view(v, names, &n, "start.weights", "F32", (int64_t)(np + nb), t->start_params);
+    ft_optim_state(t->optim, &m, &vv);
+    size_t no = np - t->head_offset;
+    if (m)
+        add_view(v, names, &n, "optim.m", "F32", (int64_t)no, m);
+    if (vv)
+        add_view(v, names, &n, "optim.v", "F32", (int64_t)no, vv);
+    if (t->loss_optim) {
+        size_t nl = ft_loss_num_params(t->loss);
+        add_view(v, names, &n, "loss.params", "F32", (int64_t)nl, ft_loss_params(t->loss));
+        ft_optim_state(t->loss_optim, &m, &vv);
+        if (m)
+            add_view(v, names, &n, "loss_optim.m", "F32", (int64_t)nl, m);
+        if (vv)
+            add_view(v, names, &n, "loss_optim.v", "F32", (int64_t)nl, vv);
+    }
+    int64_t rows = ft_sampler_state(s, &order, &rng);
+    add_view(v, names, &n, "sampler.order", "I64", rows, order);
+    add_view(v, names, &n, "sampler.rng", "I64", 4, rng);
+    return n;
+}
+
+static json_t *checkpoint_meta(struct trainer *t, const struct ft_early_stopping *es,
+                               const struct ft_best_checkpoint *bc, int epoch)
+{
+    char *cfg = t->config ? json_dumps(t->config, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_t *state = json_pack(
+        "{s:i, s:I, s:I, s:I, s:{s:b, s:f, s:i}, s:{s:i, s:f}}", "epoch", epoch, "step",
+        (json_int_t)t->step, "optim_steps", (json_int_t)ft_optim_steps(t->optim),
+        "loss_optim_steps", (json_int_t)(t->loss_optim ? ft_optim_steps(t->loss_optim) : 0),
+        "early_stopping", "has_ref", es->has_ref, "ref", isfinite(es->ref) ? es->ref : 0.0, "wait",
+        es->wait, "best_checkpoint", "best_epoch", bc->best_epoch, "best_value",
+        isfinite(bc->best_value) ? bc->best_value : 0.0);
+    char *st = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
+    json_t *meta = json_pack("{s:s, s:s}", "format", "finetunerd-checkpoint", "state",
+                             st ? st : "{}");
+    if (meta && cfg)
+        json_object_set_new(meta, "run_config", json_string(cfg));
+    json_decref(state);
+    free(st);
+    free(cfg);
+    return meta;
+}
+
+/* TrainingCheckpoint(last_k_epochs): write <checkpoint_dir>/epoch-<e>.safetensors atomically and
+ * remove the one last_k_epochs before it. */
+static enum ft_err save_checkpoint(struct trainer *t, ft_sampler *s,
+                                   const struct ft_early_stopping *es,
+                                   const struct ft_best_checkpoint *bc, int epoch,
+                                   struct ft_error *err)
+{
+    const struct ft_run_config *c = t->cfg;
+    struct ft_tensor_view views[16];
+    char names[16][96], path[1100];
+    if (!c->callbacks.has_training_checkpoint || !t->checkpoint_dir)
+        return FT_OK;
+    int n = checkpoint_tensors(t, s, views, names);
+    json_t *meta = checkpoint_meta(t, es, bc, epoch);
+    snprintf(path, sizeof path, "%s/epoch-%d.safetensors", t->checkpoint_dir, epoch);
+    enum ft_err e = meta ? ft_safetensors_write(path, views, n, meta, err)
+                         : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    json_decref(meta);
+    if (e != FT_OK)
+        return e;
+    tlog(t, "TrainingCheckpoint: saved epoch %d", epoch);
+    int old = epoch - c->callbacks.training_checkpoint.last_k_epochs;
+    if (old >= 1) {
+        snprintf(path, sizeof path, "%s/epoch-%d.safetensors", t->checkpoint_dir, old);
+        unlink(path);
+    }
+    return FT_OK;
+}
+
 static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_result *res,
                               struct ft_error *err)
 {
@@ -638,14 +741,19 @@ static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_
             int has = monitor_value(bc.kind, bc.metric, tl, has_val, vl, &t->mr[bc.eval_index], &v);
             checkpoint_epoch(t, &bc, epoch, has, v);
         }
+        int stop = 0;
         if (c->callbacks.has_early_stopping) {
             int has = monitor_value(es.kind, es.metric, tl, has_val, vl, &t->mr[es.eval_index], &v);
-            if (early_stop_epoch(t, &es, epoch, has, v) && epoch < c->epochs) {
-                res->stopped_early = 1;
-                tlog(t, "Early stopping after epoch %d: '%s' did not improve for %d epochs", epoch,
-                     es.monitor, es.wait);
-                break;
-            }
+            stop = early_stop_epoch(t, &es, epoch, has, v) && epoch < c->epochs;
+        }
+        e = save_checkpoint(t, s, &es, &bc, epoch, err);
+        if (e != FT_OK)
+            return e;
+        if (stop) {
+            res->stopped_early = 1;
+            tlog(t, "Early stopping after epoch %d: '%s' did not improve for %d epochs", epoch,
+                 es.monitor, es.wait);
+            break;
         }
     }
     res->best_epoch = bc.best_epoch;
@@ -748,6 +856,8 @@ enum ft_err ft_train(const struct ft_run_config *cfg, const struct ft_train_inpu
     t.train = in->train;
     t.eval = in->eval;
     t.start_artifact = in->start_artifact;
+    t.checkpoint_dir = in->checkpoint_dir;
+    t.config = in->config;
     memcpy(t.query, in->query, sizeof t.query);
     memcpy(t.index, in->index, sizeof t.index);
     enum ft_err e = FT_OK;

@@ -25,6 +25,8 @@ struct ft_train_inputs {
     const struct ft_dataset *index[FT_MAX_EVAL_CALLBACKS]; /* NULL = the query set */
     json_t *config;             /* normalised run config, stored in the artifact */
     const char *start_artifact; /* the file of config model.artifact (NULL = none) */
+    const char *checkpoint_dir; /* where TrainingCheckpoint writes epoch-<e>.safetensors
+                                   (an existing directory; NULL = no checkpoints) */
 };
 
 /* Callbacks into the caller (the worker writes them to SQLite). Any may be NULL. */

@@ -10,12 +10,14 @@
 #include "runspec.h"
 #include "safetensors.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define API_PREFIX "/api/v1"
@@ -741,6 +743,60 @@ static void h_run_examples(struct ctx *c)
     respond_json(c, 200, ex);
 }
 
+/* TrainingCheckpoint's files: <run dir>/checkpoints/epoch-<e>.safetensors. */
+static void h_run_checkpoints(struct ctx *c)
+{
+    int64_t id;
+    if (!find_run(c, &id))
+        return;
+    char *dir = ft_store_run_dir(c->api->store, id);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/checkpoints", dir ? dir : "");
+    free(dir);
+    json_t *list = json_array();
+    DIR *d = opendir(path);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        int epoch;
+        char tail[32];
+        struct stat st;
+        char file[1500];
+        if (sscanf(de->d_name, "epoch-%d.%31s", &epoch, tail) != 2 ||
+            strcmp(tail, "safetensors") != 0)
+            continue;
+        snprintf(file, sizeof file, "%s/%s", path, de->d_name);
+        if (stat(file, &st) == 0)
+            json_array_append_new(
+                list, json_pack("{s:i, s:I}", "epoch", epoch, "bytes", (json_int_t)st.st_size));
+    }
+    if (d)
+        closedir(d);
+    respond_json(c, 200, json_pack("{s:o}", "checkpoints", list));
+}
+
+static void h_run_checkpoint(struct ctx *c)
+{
+    int64_t id;
+    char *end;
+    if (!find_run(c, &id))
+        return;
+    long epoch = strtol(c->cap[2], &end, 10);
+    if (*end || epoch < 1 || epoch > 1000000)
+        return fail(c, FT_EINVAL, "epoch", "the checkpoint is named by its epoch (an integer)");
+    char *dir = ft_store_run_dir(c->api->store, id);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/checkpoints/epoch-%ld.safetensors", dir ? dir : "", epoch);
+    free(dir);
+    if (access(path, R_OK) != 0)
+        return fail(c, FT_ENOT_FOUND, "epoch",
+                    "run '%s' has no checkpoint of epoch %ld (see .../checkpoints)", c->cap[1],
+                    epoch);
+    c->resp->status = 200;
+    c->resp->content_type = "application/octet-stream";
+    c->resp->kind = FT_BODY_FILE;
+    c->resp->file_path = strdup(path);
+}
+
 static void h_run_artifact(struct ctx *c)
 {
     struct ft_error err;
@@ -818,6 +874,8 @@ static const struct route routes[] = {
     {"GET", "/experiments/*/runs/*/logstream", h_run_logstream},
     {"GET", "/experiments/*/runs/*/metrics", h_run_metrics},
     {"GET", "/experiments/*/runs/*/examples", h_run_examples},
+    {"GET", "/experiments/*/runs/*/checkpoints", h_run_checkpoints},
+    {"GET", "/experiments/*/runs/*/checkpoints/*", h_run_checkpoint},
     {"GET", "/experiments/*/runs/*/artifact", h_run_artifact},
     {"POST", "/experiments/*/runs/*/cancel", h_run_cancel},
 };

@@ -114,6 +114,7 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     struct ft_dataset *loaded[2 + 2 * FT_MAX_EVAL_CALLBACKS] = {0};
     int nloaded = 0;
     char *text = NULL, *start = NULL, *dir = ft_store_run_dir(w->store, w->run_id);
+    char ckpt[1200];
     char *artifact = ft_store_artifact_path(w->store, w->run_id);
     enum ft_err e =
         dir && artifact ? ft_store_run_config(w->store, w->run_id, &text, &err) : FT_ENOMEM;
@@ -127,6 +128,12 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     if (e == FT_OK && cfg.model_artifact[0])
         e = start_artifact(w->store, cfg.model_artifact, &start, &err);
     in.start_artifact = start;
+    if (e == FT_OK && cfg.callbacks.has_training_checkpoint) {
+        snprintf(ckpt, sizeof ckpt, "%s/checkpoints", dir);
+        if (mkdir(ckpt, 0755) != 0 && errno != EEXIST)
+            e = ft_error_set(&err, FT_EIO, NULL, "cannot create %s: %s", ckpt, strerror(errno));
+        in.checkpoint_dir = ckpt;
+    }
     in.config = config;
     if (e == FT_OK) {
         struct ft_train_hooks hooks = {w, on_log, on_metrics, on_canceled};

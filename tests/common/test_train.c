@@ -519,3 +519,50 @@ Test(train, start_from_an_artifact_and_wise_ft)
     unlink(second);
     ft_dataset_free(tr);
 }
+
+Test(train, training_checkpoint_keeps_the_last_k_epochs)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result res;
+    struct ft_error err = {0};
+    struct ft_dataset *tr = clusters(256, 1.0, 1), *ev = clusters(128, 1.0, 2);
+    char dir[] = "/tmp/ft_ckpt_XXXXXX", path[128];
+    cr_assert_not_null(mkdtemp(dir));
+    config(&cfg,
+           "[{\"name\": \"TrainingCheckpoint\", \"options\": {\"last_k_epochs\": 2}},"
+           " {\"name\": \"BestModelCheckpoint\"}]",
+           3);
+    struct ft_train_inputs in = {.train = tr, .eval = ev, .checkpoint_dir = dir};
+    cr_assert_eq(ft_train(&cfg, &in, NULL, artifact_path(), &res, &err), FT_OK, "%s",
+                 err.message);
+    snprintf(path, sizeof path, "%s/epoch-1.safetensors", dir);
+    cr_assert_neq(access(path, F_OK), 0, "epoch 1 is older than the last 2");
+    snprintf(path, sizeof path, "%s/epoch-2.safetensors", dir);
+    cr_assert_eq(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/epoch-3.safetensors", dir);
+    ft_safetensors *st;
+    struct ft_tensor_view v;
+    cr_assert_eq(ft_safetensors_open(path, &st, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_safetensors_get(st, "model.params", &v), 0);
+    cr_assert_eq(ft_safetensors_get(st, "optim.v", &v), 0, "Adam's second moments");
+    cr_assert_eq(ft_safetensors_get(st, "sampler.order", &v), 0);
+    cr_assert_eq(v.shape[0], 256);
+    cr_assert_eq(ft_safetensors_get(st, "best.weights", &v), 0);
+    json_t *state = json_loads(
+        json_string_value(json_object_get(ft_safetensors_metadata(st), "state")), 0, NULL);
+    cr_assert_eq(json_integer_value(json_object_get(state, "epoch")), 3);
+    cr_assert_eq(json_integer_value(json_object_get(state, "optim_steps")), 24, "8 batches x 3");
+    cr_assert_eq(json_integer_value(json_object_get(json_object_get(state, "best_checkpoint"),
+                                                    "best_epoch")),
+                 res.best_epoch);
+    json_decref(state);
+    ft_safetensors_free(st);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/epoch-2.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+    unlink(artifact_path());
+    ft_dataset_free(tr);
+    ft_dataset_free(ev);
+    ft_run_config_clear(&cfg);
+}

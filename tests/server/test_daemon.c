@@ -583,6 +583,36 @@ Test(daemon, a_run_starts_from_an_earlier_artifact_with_wise_ft)
     }
 }
 
+Test(daemon, training_checkpoints_are_listed_and_downloadable)
+{
+    upload_fmnist("fm-train", 0, 600);
+    submit_run("ck", 2, NULL,
+               "[{'name': 'TrainingCheckpoint', 'options': {'last_k_epochs': 1}}]");
+    wait_status("ck", "FINISHED", 120);
+    json_t *list = call("GET", "/experiments/e/runs/ck/checkpoints", NULL, 200);
+    json_t *cks = json_object_get(list, "checkpoints");
+    cr_assert_eq(json_array_size(cks), 1, "last_k_epochs 1 keeps one");
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(cks, 0), "epoch")), 2);
+    json_decref(list);
+    size_t len;
+    char *file = get_text("/experiments/e/runs/ck/checkpoints/2", "application/octet-stream",
+                          &len);
+    ft_safetensors *st;
+    struct ft_error err;
+    struct ft_tensor_view v;
+    cr_assert_eq(ft_safetensors_parse(file, len, &st, &err), FT_OK, "%s", err.message);
+    cr_assert_eq(ft_safetensors_get(st, "model.params", &v), 0);
+    ft_safetensors_free(st);
+    free(file);
+    struct th_response r;
+    cr_assert_eq(th_request("GET", td_url(&D, "/experiments/e/runs/ck/checkpoints/1"), NULL, NULL,
+                            0, 10, &r),
+                 0);
+    cr_assert_eq(r.status, 404, "%s", r.body);
+    check_error_body(&r, "not_found", "epoch");
+    th_response_free(&r);
+}
+
 /* The finetunerd binary the tests run (as tests/support/daemon.c finds it). */
 static const char *daemon_binary(void)
 {
