@@ -46,6 +46,8 @@ struct trainer {
     float *best_params;
     const char *start_artifact; /* model.artifact's file (borrowed), NULL = fresh model */
     const char *checkpoint_dir; /* TrainingCheckpoint's directory (borrowed) */
+    const char *resume_path;    /* where to keep the resume state (borrowed; NULL = nowhere) */
+    const char *resume_from;    /* a resume state to go on from (borrowed; NULL = start) */
     json_t *config;             /* normalised run config (borrowed) */
     float *start_params;        /* WiSE-FT: the starting params then buffers (owned) */
     ft_evaluation *evals[FT_MAX_EVAL_CALLBACKS];        /* one per EvaluationCallback (owned) */
@@ -666,8 +668,8 @@ static json_t *checkpoint_meta(struct trainer *t, const struct ft_early_stopping
         es->wait, "best_checkpoint", "best_epoch", bc->best_epoch, "best_value",
         isfinite(bc->best_value) ? bc->best_value : 0.0);
     char *st = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
-    json_t *meta = json_pack("{s:s, s:s}", "format", "finetunerd-checkpoint", "state",
-                             st ? st : "{}");
+    json_t *meta =
+        json_pack("{s:s, s:s}", "format", "finetunerd-checkpoint", "state", st ? st : "{}");
     if (meta && cfg)
         json_object_set_new(meta, "run_config", json_string(cfg));
     json_decref(state);
@@ -676,24 +678,37 @@ static json_t *checkpoint_meta(struct trainer *t, const struct ft_early_stopping
     return meta;
 }
 
-/* TrainingCheckpoint(last_k_epochs): write <checkpoint_dir>/epoch-<e>.safetensors atomically and
- * remove the one last_k_epochs before it. */
+/* Write the training state after epoch to path (atomically). */
+static enum ft_err write_state(struct trainer *t, ft_sampler *s, const struct ft_early_stopping *es,
+                               const struct ft_best_checkpoint *bc, int epoch, const char *path,
+                               struct ft_error *err)
+{
+    struct ft_tensor_view views[16];
+    char names[16][96];
+    int n = checkpoint_tensors(t, s, views, names);
+    json_t *meta = checkpoint_meta(t, es, bc, epoch);
+    enum ft_err e = meta ? ft_safetensors_write(path, views, n, meta, err)
+                         : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    json_decref(meta);
+    return e;
+}
+
+/* After each epoch: the resume state (when the worker asked for one) and TrainingCheckpoint's
+ * <checkpoint_dir>/epoch-<e>.safetensors, removing the one last_k_epochs before it. */
 static enum ft_err save_checkpoint(struct trainer *t, ft_sampler *s,
                                    const struct ft_early_stopping *es,
                                    const struct ft_best_checkpoint *bc, int epoch,
                                    struct ft_error *err)
 {
     const struct ft_run_config *c = t->cfg;
-    struct ft_tensor_view views[16];
-    char names[16][96], path[1100];
-    if (!c->callbacks.has_training_checkpoint || !t->checkpoint_dir)
-        return FT_OK;
-    int n = checkpoint_tensors(t, s, views, names);
-    json_t *meta = checkpoint_meta(t, es, bc, epoch);
+    char path[1100];
+    enum ft_err e = FT_OK;
+    if (t->resume_path)
+        e = write_state(t, s, es, bc, epoch, t->resume_path, err);
+    if (e != FT_OK || !c->callbacks.has_training_checkpoint || !t->checkpoint_dir)
+        return e;
     snprintf(path, sizeof path, "%s/epoch-%d.safetensors", t->checkpoint_dir, epoch);
-    enum ft_err e = meta ? ft_safetensors_write(path, views, n, meta, err)
-                         : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
-    json_decref(meta);
+    e = write_state(t, s, es, bc, epoch, path, err);
     if (e != FT_OK)
         return e;
     tlog(t, "TrainingCheckpoint: saved epoch %d", epoch);
@@ -705,13 +720,108 @@ static enum ft_err save_checkpoint(struct trainer *t, ft_sampler *s,
     return FT_OK;
 }
 
+/* ---- resume ---- */
+
+/* Copy tensor name of st (count elements of elem bytes) into dst; -1 when absent or of
+ * another size. */
+static int restore_tensor(const ft_safetensors *st, const char *name, void *dst, size_t count,
+                          size_t elem)
+{
+    struct ft_tensor_view v;
+    if (ft_safetensors_get(st, name, &v) != 0 || v.ndim != 1 || (size_t)v.shape[0] != count)
+        return -1;
+    memcpy(dst, v.data, count * elem);
+    return 0;
+}
+
+static int restore_optim(const ft_safetensors *st, ft_optim *o, const char *prefix, size_t n,
+                         int64_t steps)
+{
+    float *m, *v;
+    char name[64];
+    ft_optim_state(o, &m, &v);
+    snprintf(name, sizeof name, "%s.m", prefix);
+    if (m && restore_tensor(st, name, m, n, sizeof *m) != 0)
+        return -1;
+    snprintf(name, sizeof name, "%s.v", prefix);
+    if (v && restore_tensor(st, name, v, n, sizeof *v) != 0)
+        return -1;
+    ft_optim_set_steps(o, steps);
+    return 0;
+}
+
+/* Every tensor of a state written by write_state back into t and s; -1 on a mismatch. */
+static int restore_tensors(struct trainer *t, ft_sampler *s, const ft_safetensors *st,
+                           json_t *state)
+{
+    size_t np = ft_model_num_params(t->model), nb = ft_model_num_buffers(t->model);
+    int64_t *order;
+    uint64_t *rng;
+    int64_t rows = ft_sampler_state(s, &order, &rng);
+    int bad = restore_tensor(st, "model.params", ft_model_params(t->model), np, sizeof(float));
+    bad |= nb && restore_tensor(st, "model.buffers", ft_model_buffers(t->model), nb, 4);
+    bad |= restore_tensor(st, "model.rng", ft_model_rng_state(t->model), 4, 8);
+    bad |= restore_tensor(st, "best.weights", t->best_params, np + nb, sizeof(float));
+    bad |= t->start_params && restore_tensor(st, "start.weights", t->start_params, np + nb, 4);
+    bad |= restore_tensor(st, "sampler.order", order, (size_t)rows, sizeof *order);
+    bad |= restore_tensor(st, "sampler.rng", rng, 4, 8);
+    bad |= restore_optim(st, t->optim, "optim", np - t->head_offset,
+                         json_integer_value(json_object_get(state, "optim_steps")));
+    if (t->loss_optim) {
+        size_t nl = ft_loss_num_params(t->loss);
+        bad |= restore_tensor(st, "loss.params", ft_loss_params(t->loss), nl, sizeof(float));
+        bad |= restore_optim(st, t->loss_optim, "loss_optim", nl,
+                             json_integer_value(json_object_get(state, "loss_optim_steps")));
+    }
+    return bad ? -1 : 0;
+}
+
+/* Load the resume state into t, s and the callbacks; *epoch = the last completed epoch. */
+static enum ft_err resume(struct trainer *t, ft_sampler *s, struct ft_early_stopping *es,
+                          struct ft_best_checkpoint *bc, int *epoch, struct ft_error *err)
+{
+    ft_safetensors *st = NULL;
+    enum ft_err e = ft_safetensors_open(t->resume_from, &st, err);
+    const char *text =
+        e == FT_OK ? json_string_value(json_object_get(ft_safetensors_metadata(st), "state"))
+                   : NULL;
+    json_t *state = text ? json_loads(text, 0, NULL) : NULL;
+    if (!state || restore_tensors(t, s, st, state) != 0) {
+        json_decref(state);
+        ft_safetensors_free(st);
+        return ft_error_set(err, FT_EINVAL, NULL,
+                            "the checkpoint %s does not fit this run; cannot resume",
+                            t->resume_from);
+    }
+    json_t *jes = json_object_get(state, "early_stopping");
+    json_t *jbc = json_object_get(state, "best_checkpoint");
+    *epoch = (int)json_integer_value(json_object_get(state, "epoch"));
+    t->step = json_integer_value(json_object_get(state, "step"));
+    es->has_ref = json_is_true(json_object_get(jes, "has_ref"));
+    es->ref = json_number_value(json_object_get(jes, "ref"));
+    es->wait = (int)json_integer_value(json_object_get(jes, "wait"));
+    bc->best_epoch = (int)json_integer_value(json_object_get(jbc, "best_epoch"));
+    bc->best_value = json_number_value(json_object_get(jbc, "best_value"));
+    json_decref(state);
+    ft_safetensors_free(st);
+    tlog(t, "Resuming from the checkpoint of epoch %d", *epoch);
+    return FT_OK;
+}
+
 static enum ft_err run_epochs(struct trainer *t, ft_sampler *s, struct ft_train_result *res,
                               struct ft_error *err)
 {
     const struct ft_run_config *c = t->cfg;
     struct ft_early_stopping es = c->callbacks.early_stopping;
     struct ft_best_checkpoint bc = c->callbacks.best_checkpoint;
-    for (int epoch = 1; epoch <= c->epochs; epoch++) {
+    int done = 0;
+    if (t->resume_from) {
+        enum ft_err e = resume(t, s, &es, &bc, &done, err);
+        if (e != FT_OK)
+            return e;
+        res->epochs_completed = done;
+    }
+    for (int epoch = done + 1; epoch <= c->epochs; epoch++) {
         double tl = NAN, vl = NAN;
         int has_val;
         t->epoch = epoch;
@@ -796,12 +906,12 @@ static enum ft_err train_all(struct trainer *t, const struct ft_train_inputs *in
          (long long)ft_sampler_num_batches(s), t->B, random ? "random" : "class", c->loss,
          c->optimizer, c->learning_rate, c->scheduler[0] ? ", scheduler " : "", c->scheduler);
     json_t *before = json_object(), *examples = json_array();
-    if (c->callbacks.num_eval)
+    if (c->callbacks.num_eval && !t->resume_from)
         tlog(t, "Evaluating before training");
     e = prepare_evaluations(t, err);
-    if (e == FT_OK)
+    if (e == FT_OK && !t->resume_from) /* a resumed run has its "before" already */
         e = evaluate(t, before, examples, err);
-    if (e == FT_OK)
+    if (e == FT_OK && !t->resume_from)
         emit_metrics(t, "before", 0, before);
     if (e == FT_OK && json_array_size(examples))
         emit_metrics(t, "examples_before", 0, examples);
@@ -857,6 +967,8 @@ enum ft_err ft_train(const struct ft_run_config *cfg, const struct ft_train_inpu
     t.eval = in->eval;
     t.start_artifact = in->start_artifact;
     t.checkpoint_dir = in->checkpoint_dir;
+    t.resume_path = in->resume_path;
+    t.resume_from = in->resume_from;
     t.config = in->config;
     memcpy(t.query, in->query, sizeof t.query);
     memcpy(t.index, in->index, sizeof t.index);

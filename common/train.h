@@ -27,6 +27,10 @@ struct ft_train_inputs {
     const char *start_artifact; /* the file of config model.artifact (NULL = none) */
     const char *checkpoint_dir; /* where TrainingCheckpoint writes epoch-<e>.safetensors
                                    (an existing directory; NULL = no checkpoints) */
+    const char *resume_path;    /* write the resume state here after every epoch (NULL =
+                                   don't); the same format as TrainingCheckpoint's */
+    const char *resume_from;    /* go on from this resume state (NULL = from the start):
+                                   the run then ends exactly as an uninterrupted one */
 };
 
 /* Callbacks into the caller (the worker writes them to SQLite). Any may be NULL. */

@@ -6,6 +6,7 @@
 #include "scheduler.h"
 
 #include "log.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -101,6 +102,14 @@ static void death_reason(int status, char *buf, size_t cap)
 static void reap(ft_scheduler *s, struct slot *sl, int status)
 {
     char why[256];
+    if (WIFEXITED(status) && WEXITSTATUS(status) == FT_WORKER_INTERRUPTED) {
+        ft_store_run_requeue(s->store, sl->run_id,
+                             "The worker was interrupted; the run is queued again");
+        ft_log(FT_LOG_INFO, "scheduler", "run=%lld interrupted; queued again",
+               (long long)sl->run_id);
+        sl->pid = 0;
+        return;
+    }
     death_reason(status, why, sizeof why);
     if (ft_store_run_finish(s->store, sl->run_id, "FAILED", why) == FT_OK) {
         char line[300];

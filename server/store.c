@@ -720,6 +720,28 @@ enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, con
     return changed ? FT_OK : FT_ECONFLICT;
 }
 
+/* STARTED -> CREATED with a log line (lock held). */
+static void requeue_locked(ft_store *s, int64_t id, const char *why)
+{
+    /* logs and metrics stay: the worker goes on from the run's resume state and drops the
+     * metrics after it (server/worker.c) */
+    exec_stmt(prep(s,
+                   "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
+                   "+ 1 FROM logs WHERE run_id = ?1), ?)",
+                   "is", id, why));
+    exec_stmt(prep(s,
+                   "UPDATE runs SET status = 'CREATED', started_at = NULL, pid = NULL "
+                   "WHERE id = ? AND status = 'STARTED'",
+                   "i", id));
+}
+
+void ft_store_run_requeue(ft_store *s, int64_t id, const char *why)
+{
+    lock(s);
+    requeue_locked(s, id, why);
+    unlock(s);
+}
+
 int ft_store_runs_requeue_started(ft_store *s, const char *why)
 {
     lock(s);
@@ -728,14 +750,7 @@ int ft_store_runs_requeue_started(ft_store *s, const char *why)
     json_t *row;
     json_array_foreach(ids, i, row)
     {
-        int64_t id = json_integer_value(json_object_get(row, "id"));
-        exec_stmt(prep(s, "DELETE FROM metrics WHERE run_id = ?", "i", id));
-        exec_stmt(prep(s, "DELETE FROM logs WHERE run_id = ?", "i", id));
-        exec_stmt(prep(s, "INSERT INTO logs(run_id, seq, line) VALUES(?, 1, ?)", "is", id, why));
-        exec_stmt(prep(s,
-                       "UPDATE runs SET status = 'CREATED', started_at = NULL, pid = NULL "
-                       "WHERE id = ? AND status = 'STARTED'",
-                       "i", id));
+        requeue_locked(s, json_integer_value(json_object_get(row, "id")), why);
     }
     unlock(s);
     int n = (int)json_array_size(ids);
@@ -848,6 +863,30 @@ json_t *ft_store_metrics_get(ft_store *s, int64_t id)
     sqlite3_finalize(st);
     unlock(s);
     return out;
+}
+
+enum ft_err ft_store_metrics_truncate(ft_store *s, int64_t id, int epoch)
+{
+    lock(s);
+    int rc = epoch < 0
+                 ? exec_stmt(prep(s, "DELETE FROM metrics WHERE run_id = ?", "i", id))
+                 : exec_stmt(prep(s,
+                                  "DELETE FROM metrics WHERE run_id = ?1 AND ((phase = 'epoch' AND "
+                                  "epoch > ?2) OR phase IN ('after', 'examples_after') OR "
+                                  "(phase = 'step' AND json_extract(data, '$.epoch') > ?2))",
+                                  "ii", id, (int64_t)epoch));
+    unlock(s);
+    return rc == SQLITE_DONE ? FT_OK : FT_EDB;
+}
+
+int64_t ft_store_metrics_count(ft_store *s, int64_t id)
+{
+    lock(s);
+    json_t *r = one_json(prep(s, "SELECT COUNT(*) AS n FROM metrics WHERE run_id = ?", "i", id));
+    unlock(s);
+    int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 0;
+    json_decref(r);
+    return n;
 }
 
 json_t *ft_store_examples_get(ft_store *s, int64_t id)

@@ -42,8 +42,7 @@ char *ft_store_dataset_path(const ft_store *s, const char *name);
 enum ft_err ft_store_dataset_insert(ft_store *s, const struct ft_dataset_info *info,
                                     struct ft_error *err);
 /* Dataset object or FT_ENOT_FOUND. */
-enum ft_err ft_store_dataset_get(ft_store *s, const char *name, json_t **out,
-                                 struct ft_error *err);
+enum ft_err ft_store_dataset_get(ft_store *s, const char *name, json_t **out, struct ft_error *err);
 json_t *ft_store_dataset_list(ft_store *s);
 /* Delete metadata and file. FT_ENOT_FOUND; FT_ECONFLICT while a CREATED/STARTED run uses it. */
 enum ft_err ft_store_dataset_delete(ft_store *s, const char *name, struct ft_error *err);
@@ -66,8 +65,8 @@ enum ft_err ft_store_run_insert(ft_store *s, const char *experiment, const char 
                                 const char *const *datasets, int count, int64_t *id,
                                 struct ft_error *err);
 /* Id of run (experiment, name), FT_ENOT_FOUND naming which is missing. */
-enum ft_err ft_store_run_find(ft_store *s, const char *experiment, const char *name,
-                              int64_t *id, struct ft_error *err);
+enum ft_err ft_store_run_find(ft_store *s, const char *experiment, const char *name, int64_t *id,
+                              struct ft_error *err);
 /* The run object (see the README's API table). */
 enum ft_err ft_store_run_get(ft_store *s, int64_t id, json_t **out, struct ft_error *err);
 /* {"runs": [...], "total", "limit", "offset"}, oldest first. */
@@ -90,11 +89,13 @@ enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *e
 void ft_store_run_set_pid(ft_store *s, int64_t id, pid_t pid);
 /* STARTED -> status (FINISHED | FAILED | CANCELED) with details; only from a non-terminal
  * status: returns FT_ECONFLICT (and changes nothing) when the run already ended. */
-enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status,
-                                const char *details);
-/* STARTED -> CREATED for runs whose worker is gone (daemon start/stop); clears their logs and
- * metrics so the rerun lists every epoch once. Returns how many. */
+enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, const char *details);
+/* STARTED -> CREATED for runs whose worker is gone (daemon start/stop), with the log line why;
+ * their logs and metrics stay (the worker trims the metrics when it resumes). Returns how
+ * many. */
 int ft_store_runs_requeue_started(ft_store *s, const char *why);
+/* The same for one run (its worker was interrupted while the daemon runs on). */
+void ft_store_run_requeue(ft_store *s, int64_t id, const char *why);
 /* STARTED runs and their worker pids (0 when unknown), at most cap; returns the count. */
 int ft_store_runs_started(ft_store *s, int64_t *ids, pid_t *pids, int cap);
 /* Directory of run id (new string; created by the worker). */
@@ -110,6 +111,11 @@ char *ft_store_logs_since(ft_store *s, int64_t id, int64_t after, int64_t *last_
 void ft_store_metrics_put(ft_store *s, int64_t id, const char *phase, int epoch, json_t *values);
 /* {"before": {...}, "after": {...}, "epochs": [...]} */
 json_t *ft_store_metrics_get(ft_store *s, int64_t id);
+/* Delete the metrics recorded after epoch (epoch rows beyond it, "after", step rows of later
+ * epochs); epoch < 0 deletes them all. For a run that resumes or starts over. */
+enum ft_err ft_store_metrics_truncate(ft_store *s, int64_t id, int epoch);
+/* How many metric rows run id has. */
+int64_t ft_store_metrics_count(ft_store *s, int64_t id);
 /* {"before": [...], "after": [...]}: the example queries of EvaluationCallbacks with
  * gather_examples, stored as metrics of phase "examples_before" / "examples_after". */
 json_t *ft_store_examples_get(ft_store *s, int64_t id);

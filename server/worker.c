@@ -3,10 +3,14 @@
 
 #include "dataset.h"
 #include "log.h"
+#include "safetensors.h"
 #include "store.h"
 #include "train.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,9 +38,21 @@ static void on_metrics(void *ctx, const char *phase, int epoch, json_t *values)
 }
 
 /* Looks at the store at most every 200 ms (it is called before every batch). */
+/* SIGTERM (the daemon stopping, or the daemon gone: PR_SET_PDEATHSIG) only sets this flag; the
+ * trainer stops at the next batch and the run resumes from its last epoch later. */
+static volatile sig_atomic_t interrupted;
+
+static void on_sigterm(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
 static int on_canceled(void *ctx)
 {
     struct wctx *w = ctx;
+    if (interrupted)
+        return 1;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     double dt = (double)(now.tv_sec - w->last_check.tv_sec) +
@@ -104,7 +120,41 @@ static enum ft_err start_artifact(ft_store *store, const char *ref, char **path,
     return *path ? FT_OK : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
 }
 
-/* Train and return the terminal status; details filled. */
+/* The epoch a resume state was written after, or -1 when it cannot be read. */
+static int state_epoch(const char *path)
+{
+    ft_safetensors *st = NULL;
+    int epoch = -1;
+    if (ft_safetensors_open(path, &st, NULL) == FT_OK) {
+        const char *text = json_string_value(json_object_get(ft_safetensors_metadata(st), "state"));
+        json_t *state = text ? json_loads(text, 0, NULL) : NULL;
+        if (state)
+            epoch = (int)json_integer_value(json_object_get(state, "epoch"));
+        json_decref(state);
+    }
+    ft_safetensors_free(st);
+    return epoch;
+}
+
+/* The run keeps its training state in <dir>/resume.safetensors after every epoch. When one is
+ * there the run was interrupted: go on from it, and drop the metrics of the epochs after it
+ * (they are computed again); without one, start over and drop every metric. */
+static enum ft_err prepare_resume(struct wctx *w, const char *dir, struct ft_train_inputs *in,
+                                  char *path, size_t cap, struct ft_error *err)
+{
+    snprintf(path, cap, "%s/resume.safetensors", dir);
+    in->resume_path = path;
+    int epoch = access(path, R_OK) == 0 ? state_epoch(path) : -1;
+    if (epoch >= 1)
+        in->resume_from = path;
+    else if (ft_store_metrics_count(w->store, w->run_id) > 0)
+        ft_store_log_append(w->store, w->run_id, "Starting again from the beginning");
+    if (ft_store_metrics_truncate(w->store, w->run_id, epoch) != FT_OK)
+        return ft_error_set(err, FT_EDB, NULL, "cannot clear the metrics of the interrupted run");
+    return FT_OK;
+}
+
+/* Train and return the terminal status (NULL when interrupted); details filled. */
 static const char *run(struct wctx *w, char *details, size_t cap)
 {
     struct ft_error err = {0};
@@ -114,7 +164,7 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     struct ft_dataset *loaded[2 + 2 * FT_MAX_EVAL_CALLBACKS] = {0};
     int nloaded = 0;
     char *text = NULL, *start = NULL, *dir = ft_store_run_dir(w->store, w->run_id);
-    char ckpt[1200];
+    char ckpt[1200], resume[1200];
     char *artifact = ft_store_artifact_path(w->store, w->run_id);
     enum ft_err e =
         dir && artifact ? ft_store_run_config(w->store, w->run_id, &text, &err) : FT_ENOMEM;
@@ -128,6 +178,8 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     if (e == FT_OK && cfg.model_artifact[0])
         e = start_artifact(w->store, cfg.model_artifact, &start, &err);
     in.start_artifact = start;
+    if (e == FT_OK)
+        e = prepare_resume(w, dir, &in, resume, sizeof resume, &err);
     if (e == FT_OK && cfg.callbacks.has_training_checkpoint) {
         snprintf(ckpt, sizeof ckpt, "%s/checkpoints", dir);
         if (mkdir(ckpt, 0755) != 0 && errno != EEXIST)
@@ -147,6 +199,10 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     free(text);
     free(dir);
     free(artifact);
+    if (e == FT_ECANCELED && interrupted)
+        return NULL;    /* not ended: the run goes on from its resume state later */
+    if (in.resume_path) /* ended: nothing to resume */
+        unlink(in.resume_path);
     if (e == FT_OK) {
         snprintf(details, cap, "%s", res.details);
         return "FINISHED";
@@ -166,7 +222,22 @@ int ft_worker_main(int64_t run_id, const char *data_dir)
     }
     w.run_id = run_id;
     clock_gettime(CLOCK_MONOTONIC, &w.last_check);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigterm;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* the daemon gone (kill -9): stop, resume later */
+    if (getppid() == 1)
+        interrupted = 1;
     const char *status = run(&w, details, sizeof details);
+    if (!status) {
+        ft_store_log_append(w.store, run_id,
+                            "Interrupted; the run goes on from its last finished epoch when "
+                            "finetunerd starts it again");
+        ft_log(FT_LOG_INFO, "worker", "run=%lld interrupted", (long long)run_id);
+        ft_store_close(w.store);
+        return FT_WORKER_INTERRUPTED;
+    }
     if (strcmp(status, "FAILED") == 0)
         snprintf(line, sizeof line, "Run failed: %s", details);
     else if (strcmp(status, "CANCELED") == 0)

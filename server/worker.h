@@ -8,6 +8,10 @@
 
 #include <stdint.h>
 
+/* The exit code of a worker stopped by SIGTERM before its run ended: the run stays STARTED
+ * and goes on from its resume state when it is started again. */
+#define FT_WORKER_INTERRUPTED 75
+
 /* Run id's training to its end. Returns the process exit code (0 when the run was ended
  * properly, whatever its status; 1 when the store itself could not be used). */
 int ft_worker_main(int64_t run_id, const char *data_dir);

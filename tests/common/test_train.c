@@ -566,3 +566,63 @@ Test(train, training_checkpoint_keeps_the_last_k_epochs)
     ft_dataset_free(ev);
     ft_run_config_clear(&cfg);
 }
+
+/* Cancel once this many batches ran (a hook that interrupts like a daemon restart). */
+static int cancel_after(void *ctx)
+{
+    int *left = ctx;
+    return --*left < 0;
+}
+
+Test(train, a_resumed_run_ends_exactly_as_an_uninterrupted_one)
+{
+    struct ft_run_config cfg;
+    struct ft_train_result whole, part, rest;
+    struct ft_error err = {0};
+    struct ft_dataset *tr = clusters(256, 1.2, 1), *ev = clusters(128, 1.2, 2);
+    char a[96], b[96], state[96];
+    snprintf(a, sizeof a, "%s.whole", artifact_path());
+    snprintf(b, sizeof b, "%s.resumed", artifact_path());
+    snprintf(state, sizeof state, "%s.state", artifact_path());
+    const char *cbs = "[{\"name\": \"EvaluationCallback\", \"options\": {\"query_data\": \"ev\"}},"
+                      " {\"name\": \"BestModelCheckpoint\", \"options\": {\"monitor\": "
+                      "\"mlp_average_precision\"}},"
+                      " {\"name\": \"EarlyStopping\", \"options\": {\"monitor\": \"val_loss\", "
+                      "\"patience\": 3}}]";
+    config(&cfg, cbs, 5);
+    struct ft_train_inputs in = {.train = tr, .eval = ev, .query = {ev}};
+    cr_assert_eq(ft_train(&cfg, &in, NULL, a, &whole, &err), FT_OK, "%s", err.message);
+    /* the same run interrupted in epoch 3 (8 batches an epoch), then resumed */
+    int left = 8 * 2 + 3;
+    struct ft_train_hooks stop = {&left, NULL, NULL, cancel_after};
+    in.resume_path = state;
+    cr_assert_eq(ft_train(&cfg, &in, &stop, b, &part, &err), FT_ECANCELED);
+    in.resume_from = state;
+    struct capture cap = {0};
+    struct ft_train_hooks hooks = {&cap, on_log, on_metrics, NULL};
+    cr_assert_eq(ft_train(&cfg, &in, &hooks, b, &rest, &err), FT_OK, "%s", err.message);
+    cr_assert(strstr(cap.log, "Resuming from the checkpoint of epoch 2"), "%s", cap.log);
+    cr_assert_gt(whole.epochs_completed, 2);
+    cr_assert_eq(cap.metrics_calls, whole.epochs_completed - 2 + 1,
+                 "the epochs after 2 and after; no second before: %d", cap.metrics_calls);
+    cr_assert_eq(rest.epochs_completed, whole.epochs_completed);
+    cr_assert_eq(rest.stopped_early, whole.stopped_early);
+    cr_assert_eq(rest.best_epoch, whole.best_epoch);
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    cr_assert(fa && fb);
+    int ca, cb, same = 1;
+    do {
+        ca = fgetc(fa);
+        cb = fgetc(fb);
+        same &= ca == cb;
+    } while (ca != EOF && cb != EOF);
+    fclose(fa);
+    fclose(fb);
+    cr_assert(same, "the resumed run's artifact differs from the uninterrupted one's");
+    unlink(a);
+    unlink(b);
+    unlink(state);
+    ft_dataset_free(tr);
+    ft_dataset_free(ev);
+    ft_run_config_clear(&cfg);
+}

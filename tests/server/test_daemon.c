@@ -613,6 +613,93 @@ Test(daemon, training_checkpoints_are_listed_and_downloadable)
     th_response_free(&r);
 }
 
+/* metrics.epochs of run name on daemon d (new reference). */
+static json_t *epochs_of(struct td_daemon *d, const char *name)
+{
+    char path[128];
+    struct th_response r;
+    snprintf(path, sizeof path, "/experiments/e/runs/%s/metrics", name);
+    cr_assert_eq(th_request("GET", td_url(d, path), NULL, NULL, 0, 10, &r), 0);
+    json_t *m = th_json(&r);
+    th_response_free(&r);
+    json_t *e = json_incref(json_object_get(m, "epochs"));
+    json_decref(m);
+    return e;
+}
+
+/* Stop the daemon with sig two epochs into a run, start a new one on the same data directory,
+ * and compare the resumed run's epochs with an uninterrupted run of the same config. */
+static void interrupt_and_resume(int sig)
+{
+    static const char *const RUN =
+        "{'name': '%s', 'config': {'model': {'name': 'mlp', 'options': {'hidden_sizes': [256, "
+        "128], 'l2': true}}, 'data': {'train_data': 'fm-train', 'eval_data': 'fm-eval'},"
+        " 'hyper_parameters': {'epochs': 8, 'batch_size': 32, 'learning_rate': 0.001},"
+        " 'callbacks': [{'name': 'EvaluationCallback', 'options': {'query_data': 'fm-eval'}},"
+        " {'name': 'BestModelCheckpoint', 'options': {'monitor': 'mlp_average_precision'}},"
+        " {'name': 'EarlyStopping', 'options': {'monitor': 'mlp_average_precision', 'patience': "
+        "8}}], 'seed': 11}}";
+    char body[1024], dir[256];
+    upload_fmnist("fm-train", 0, 4000);
+    upload_fmnist("fm-eval", 4000, 1000);
+    snprintf(body, sizeof body, RUN, "resumed");
+    json_decref(call("POST", "/experiments/e/runs", body, 201));
+    /* kill -9 the daemon once two epochs are done */
+    double t0 = now_s();
+    for (;;) {
+        json_t *ep = epochs_of(&D, "resumed");
+        size_t n = json_array_size(ep);
+        json_decref(ep);
+        if (n >= 2)
+            break;
+        cr_assert_lt(now_s() - t0, 120, "two epochs did not finish");
+        sleep_ms(20);
+    }
+    int status;
+    kill(D.pid, sig);
+    waitpid(D.pid, &status, 0);
+    D.pid = 0;
+    if (sig == SIGTERM) /* a clean stop: workers interrupted, the daemon exits 0 */
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "daemon status %d", status);
+    snprintf(dir, sizeof dir, "%s", D.data_dir);
+    /* a new daemon on the same data directory (the last --data-dir wins) */
+    const char *const args[] = {"--data-dir", dir, NULL};
+    td_daemon_start(&D, args);
+    wait_status("resumed", "FINISHED", 180);
+    size_t len;
+    char *log = get_text("/experiments/e/runs/resumed/logs", "text/plain", &len);
+    cr_assert(strstr(log, "Resuming from the checkpoint of epoch"), "%s", log);
+    free(log);
+    /* the same run without an interruption */
+    snprintf(body, sizeof body, RUN, "whole");
+    json_decref(call("POST", "/experiments/e/runs", body, 201));
+    wait_status("whole", "FINISHED", 180);
+    json_t *a = epochs_of(&D, "resumed"), *b = epochs_of(&D, "whole");
+    cr_assert_eq(json_array_size(a), json_array_size(b), "every epoch listed exactly once");
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *x = json_array_get(a, i), *y = json_array_get(b, i);
+        cr_assert_eq(json_integer_value(json_object_get(x, "epoch")), (json_int_t)i + 1);
+        const char *keys[] = {"train_loss", "val_loss", "mlp_average_precision"};
+        for (int k = 0; k < 3; k++)
+            cr_assert_float_eq(json_number_value(json_object_get(x, keys[k])),
+                               json_number_value(json_object_get(y, keys[k])), 1e-9,
+                               "epoch %zu %s", i + 1, keys[k]);
+    }
+    json_decref(a);
+    json_decref(b);
+    td_remove_tree(dir);
+}
+
+Test(daemon, kill_9_of_the_daemon_then_a_restart_resumes_the_run_exactly, .timeout = 240)
+{
+    interrupt_and_resume(SIGKILL);
+}
+
+Test(daemon, sigterm_stops_cleanly_and_the_next_start_resumes, .timeout = 240)
+{
+    interrupt_and_resume(SIGTERM);
+}
+
 /* The finetunerd binary the tests run (as tests/support/daemon.c finds it). */
 static const char *daemon_binary(void)
 {
