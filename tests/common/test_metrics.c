@@ -291,8 +291,8 @@ Test(metrics, topk_ranks_like_the_metrics)
     const int64_t qid[] = {10}, did[] = {2, 0, 1};
     const int32_t ql[] = {0}, dl[] = {0, 1, 1};
     struct ft_eval_set qs = {q, qid, ql, 1}, ds = {d, did, dl, 3};
-    int64_t ids[4];
-    double scores[4];
+    int64_t ids[9]; /* up to 3 queries x k 3 (the last call ranks every document) */
+    double scores[9];
     struct ft_error err;
     cr_assert_eq(ft_retrieval_topk(&qs, &ds, 2, 4, FT_SCORE_COSINE, 1, ids, scores, &err), FT_OK);
     cr_assert(ids[0] == 1 && ids[1] == 2 && ids[2] == 0 && ids[3] == -1,
