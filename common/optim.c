@@ -10,6 +10,7 @@
  *   AdamW (torch/optim/adamw.py): p *= 1 - lr wd; then Adam with g' = g.
  * The optimizer owns its moment buffers (n floats each; SGD keeps one only with momentum). */
 #include "optim.h"
+#include "options.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -184,26 +185,17 @@ static int kind_of(const char *name, enum ft_optim_kind *kind)
 static enum ft_err check_known(json_t *options, const char *name, const char *const *keys,
                                struct ft_error *err)
 {
-    const char *key;
-    json_t *v;
-    json_object_foreach(options, key, v)
-    {
-        int ok = 0;
-        for (int i = 0; keys[i]; i++)
-            ok |= strcmp(key, keys[i]) == 0;
-        if (ok)
-            continue;
-        char p[128];
-        snprintf(p, sizeof p, "%s.%s", OPT_PATH, key);
-        return ft_error_set(
-            err, FT_EINVAL, p, "%s %s '%s' in %s (%s takes %s)", name,
-            strcmp(key, "amsgrad") == 0 || strcmp(key, "dampening") == 0 ? "does not support"
-                                                                         : "has no option",
-            key, OPT_PATH, name,
-            keys == sgd_keys ? "momentum, nesterov, weight_decay" : "betas, eps, weight_decay");
-    }
-    (void)v;
-    return FT_OK;
+    const char *key = ft_options_unknown_key(options, keys);
+    char p[128];
+    if (!key)
+        return FT_OK;
+    snprintf(p, sizeof p, "%s.%s", OPT_PATH, key);
+    return ft_error_set(
+        err, FT_EINVAL, p, "%s %s '%s' in %s (%s takes %s)", name,
+        strcmp(key, "amsgrad") == 0 || strcmp(key, "dampening") == 0 ? "does not support"
+                                                                     : "has no option",
+        key, OPT_PATH, name,
+        keys == sgd_keys ? "momentum, nesterov, weight_decay" : "betas, eps, weight_decay");
 }
 
 /* ft_error_set with param OPT_PATH.key and message "OPT_PATH.key must be <what>". */

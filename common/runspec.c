@@ -2,6 +2,7 @@
  * JSON (every default filled in). Each section is checked for unknown keys first, so a typo is
  * a 400 naming the key rather than a silently ignored option. */
 #include "runspec.h"
+#include "options.h"
 
 #include "schedule.h"
 
@@ -15,21 +16,12 @@
 static enum ft_err check_keys(json_t *obj, const char *const *allowed, const char *path,
                               struct ft_error *err)
 {
-    const char *key;
-    json_t *v;
-    json_object_foreach(obj, key, v)
-    {
-        int ok = 0;
-        for (int i = 0; allowed[i]; i++)
-            ok |= strcmp(key, allowed[i]) == 0;
-        if (!ok) {
-            char p[256];
-            P(p, "%s.%s", path, key);
-            return ft_error_set(err, FT_EINVAL, p, "unknown field '%s' in %s", key, path);
-        }
-    }
-    (void)v;
-    return FT_OK;
+    const char *key = ft_options_unknown_key(obj, allowed);
+    char p[256];
+    if (!key)
+        return FT_OK;
+    P(p, "%s.%s", path, key);
+    return ft_error_set(err, FT_EINVAL, p, "unknown field '%s' in %s", key, path);
 }
 
 /* obj[key] as an object (NULL when absent or null); FT_EINVAL when another type. */

@@ -7,6 +7,7 @@
  * ft_schedule_init re-parses it and resolves "auto". Nothing is allocated but the normalised
  * object. */
 #include "schedule.h"
+#include "options.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -88,22 +89,12 @@ static enum ft_err kind_of(const char *name, enum ft_schedule_kind *kind, struct
 
 static enum ft_err check_known(json_t *options, enum ft_schedule_kind kind, struct ft_error *err)
 {
-    const char *const *keys = keys_of(kind);
-    const char *key;
-    json_t *v;
-    json_object_foreach(options, key, v)
-    {
-        int ok = 0;
-        for (int i = 0; keys[i]; i++)
-            ok |= strcmp(key, keys[i]) == 0;
-        if (!ok) {
-            char what[96];
-            snprintf(what, sizeof what, "is not an option of %s", kind_names[kind]);
-            return bad_option(key, err, what);
-        }
-    }
-    (void)v;
-    return FT_OK;
+    const char *key = ft_options_unknown_key(options, keys_of(kind));
+    char what[96];
+    if (!key)
+        return FT_OK;
+    snprintf(what, sizeof what, "is not an option of %s", kind_names[kind]);
+    return bad_option(key, err, what);
 }
 
 /* options[key] as an integer >= lo; absent or null keeps *dst. */
