@@ -7,10 +7,11 @@
 #   make asan       the same tests under ASan+UBSan (build-asan/)
 #   make demo       the main job: Fashion-MNIST through the daemon
 #   make bench      benchmarks, printed as ratios to an sgemm floor
+#   make fuzz       every libFuzzer target for FUZZ_SECONDS (default 20) each (build-fuzz/)
 
 CC      ?= gcc
 BUILD   ?= build
-PKGS    := libmicrohttpd jansson sqlite3 openblas libcurl zlib
+PKGS    := libmicrohttpd jansson sqlite3 openblas libcurl zlib libcrypto
 OPT     ?= -O2 -g
 SAN     ?=
 CFLAGS  := $(OPT) $(SAN) -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Wshadow \
@@ -39,7 +40,7 @@ TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC  := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN  := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps test asan demo bench bench-quality clean format-check
+.PHONY: all deps test asan demo bench bench-quality clean format-check fuzz fuzz-targets
 all: $(BUILD)/finetunerd $(BUILD)/finetuner $(BUILD)/libfinetuner.a $(BUILD)/libfinetuner.so
 
 $(BUILD)/%.o: %.c
@@ -80,12 +81,24 @@ $(BUILD)/bench_%: $(BUILD)/tests/bench/bench_%.o $(BUILD)/libftserver.a $(BUILD)
 
 tests: $(TEST_BIN) all
 
+# Fuzz targets: tests/fuzz/fuzz_<name>.c -> $(BUILD)/fuzz_<name> (libFuzzer; build with `make
+# fuzz`, which sets CC=clang and the sanitizers). The multipart target wraps ft_api_handle to
+# check what server/http.c collected before the real handler runs.
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+$(BUILD)/fuzz_multipart: FUZZ_LDFLAGS := -Wl,--wrap=ft_api_handle
+$(BUILD)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/libftserver.a $(BUILD)/libftcommon.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS) $(FUZZ_LDFLAGS)
+
+fuzz-targets: $(patsubst %,$(BUILD)/fuzz_%,$(FUZZ_NAMES))
+
 # keep the test objects (they are intermediate files of the pattern rule above)
 .SECONDARY:
 
 # deps: install what is missing with apt (non-interactive); nothing when all is there.
 DEB_PKGS := build-essential libmicrohttpd-dev libjansson-dev libsqlite3-dev libopenblas-dev \
-            libcriterion-dev libcurl4-openssl-dev zlib1g-dev pkg-config dataset-fashion-mnist curl
+            libcriterion-dev libcurl4-openssl-dev zlib1g-dev libssl-dev pkg-config dataset-fashion-mnist curl
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -95,6 +108,8 @@ deps:
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+
+FUZZ_DEB_PKGS := clang libclang-rt-dev
 
 # test: build first (after deps, so pkg-config sees the libraries), then run every binary.
 test: deps
@@ -110,16 +125,41 @@ demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)sh deploy/demo.sh
 
+# bench: issue 5's speed benchmark (tests/bench/bench_speed.c): training, evaluation and the
+# daemon as ratios to an sgemm floor measured in the same run; wrk (apt) drives the daemon.
+# One table on stdout, the same as JSON in build/bench.json; BENCH_REPS=5 repetitions.
 bench: deps
-	$(Q)$(MAKE) --no-print-directory all $(BENCH_BIN)
+	@dpkg-query -W -f='$${Status}' wrk 2>/dev/null | grep -q "install ok installed" || { \
+	  echo "installing: wrk"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk; }
+	$(Q)$(MAKE) --no-print-directory all $(BUILD)/bench_speed
+	$(Q)$(BUILD)/bench_speed
 
 # Quality on Fashion-MNIST through the real training loop (minutes; issue 3's figures).
 bench-quality: deps
 	$(Q)$(MAKE) --no-print-directory $(BUILD)/bench_quality
 	$(Q)$(BUILD)/bench_quality $(RECIPE)
 
+# fuzz: clang from Debian (installed when missing), every target for FUZZ_SECONDS on its seed
+# corpus tests/fuzz/corpus/<name>/ (kept read-only: new inputs go to a temporary directory);
+# fails on any crash, leak, sanitizer report or timeout (tests/fuzz/run.sh).
+FUZZ_SECONDS ?= 20
+fuzz: deps
+	@missing=""; for p in $(FUZZ_DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	$(Q)$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang OPT="-O1 -g" \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+	  fuzz-targets
+	$(Q)sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_NAMES)
+
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 format-check:
 	clang-format --dry-run --Werror common/*.[ch] server/*.[ch] client/*.[ch]

@@ -1,4 +1,4 @@
-/* cli.c — the finetuner command line: `finetuner [--url URL] <command> [options]`.
+/* cli.c — the finetuner command line: `finetuner [--url URL] [--token T] <command> [options]`.
  *
  * Every command is a thin wrapper over one or two libfinetuner calls. Flags are described by
  * a small table per command (name, kind, destination, help) that drives both parsing and
@@ -930,9 +930,11 @@ static const struct command commands[] = {
 
 static void print_usage(FILE *f)
 {
-    fprintf(f, "usage: finetuner [--url URL] <command> [options]\n\n"
+    fprintf(f, "usage: finetuner [--url URL] [--token TOKEN] <command> [options]\n\n"
                "  --url URL      the finetunerd to talk to (default: $FINETUNER_URL or " DEFAULT_URL
-               ")\n\ncommands:\n");
+               ")\n"
+               "  --token TOKEN  access token, sent as 'Authorization: token TOKEN' (default:\n"
+               "                 $FINETUNER_TOKEN; none when unset)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (commands[i].fn)
             fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
@@ -977,6 +979,7 @@ static int dispatch(ft_client *c, int argc, char **argv)
 int main(int argc, char **argv)
 {
     const char *url = getenv("FINETUNER_URL");
+    const char *token = getenv("FINETUNER_TOKEN");
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -986,6 +989,10 @@ int main(int argc, char **argv)
             url = argv[++i];
         } else if (strncmp(argv[i], "--url=", 6) == 0) {
             url = argv[i] + 6;
+        } else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) {
+            token = argv[++i];
+        } else if (strncmp(argv[i], "--token=", 8) == 0) {
+            token = argv[i] + 8;
         } else {
             return unknown("option", argv[i]);
         }
@@ -998,6 +1005,11 @@ int main(int argc, char **argv)
     if (!c) {
         fprintf(stderr, "error: out_of_memory: cannot create the client\n");
         return EXIT_SERVER;
+    }
+    if (ft_client_set_token(c, token) != 0) {
+        fprintf(stderr, "error: %s: %s\n", ft_client_error_code(c), ft_client_error_message(c));
+        ft_client_free(c);
+        return EXIT_USAGE;
     }
     int rc = dispatch(c, argc - i, argv + i);
     ft_client_free(c);

@@ -165,9 +165,31 @@ void ft_client_free(ft_client *c)
         return;
     curl_easy_cleanup(c->curl);
     free(c->base);
+    free(c->token);
     free(c->body);
     free(c);
     curl_global_cleanup();
+}
+
+int ft_client_set_token(ft_client *c, const char *token)
+{
+    ftc_error_clear(c);
+    if (token && token[0]) {
+        size_t n = strlen(token);
+        for (size_t i = 0; i < n; i++)
+            if (token[i] <= ' ' || token[i] > '~')
+                return ftc_fail(c, "invalid_argument", "token",
+                                "a token is printable ASCII without spaces (character %zu is not)",
+                                i + 1);
+        if (n > 512)
+            return ftc_fail(c, "invalid_argument", "token", "a token is at most 512 characters");
+    }
+    char *copy = token && token[0] ? strdup(token) : NULL;
+    if (token && token[0] && !copy)
+        return ftc_fail(c, "out_of_memory", NULL, "out of memory");
+    free(c->token);
+    c->token = copy;
+    return 0;
 }
 
 const char *ft_client_error_code(const ft_client *c)

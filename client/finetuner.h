@@ -55,9 +55,17 @@ ft_client *ft_client_new(const char *base_url);
 /* Free c (NULL ok). Every ft_run made from c must be freed first or not be used again. */
 void ft_client_free(ft_client *c);
 
+/* Send token (copied) with every request from now on, as "Authorization: token <token>".
+ * A server that has access tokens (`finetunerd token create NAME`) answers every request but
+ * health without a valid one with "unauthorized" (HTTP 401); each token's user sees only the
+ * datasets, experiments and runs made with it. token NULL or "" sends none again. No request
+ * is made. Errors: "invalid_argument" (param "token") when token has a space, a control or a
+ * non-ASCII character or is longer than 512 characters (the token set before stays). */
+int ft_client_set_token(ft_client *c, const char *token);
+
 /* Error code of the last call on c (borrowed, valid until the next call):
- * "" after a success; otherwise the server's error.code ("invalid_argument", "not_found",
- * "conflict", ...), or one decided by the client:
+ * "" after a success; otherwise the server's error.code ("invalid_argument", "unauthorized",
+ * "not_found", "conflict", "too_many_requests", ...), or one decided by the client:
  *   "transport"           libcurl failed (connection refused, timeout, reset, ...);
  *   "invalid_argument"    a bad argument caught before any request (param names it);
  *   "io_error"            a local file could not be read or written;
@@ -174,8 +182,9 @@ struct ft_fit_params {
  * run object with the normalised config. Errors: "invalid_argument" when an *_options text is
  * not a JSON object (param names the field, e.g. "loss_options", or
  * "callbacks[1].options") or when the server rejects the config (param is its JSON path, e.g.
- * "config.data.train_data"); "conflict" when run_name exists; "transport". *out is NULL on
- * failure. */
+ * "config.data.train_data"); "conflict" when run_name exists; "too_many_requests" when
+ * this user already has as many queued (CREATED) runs as the server allows
+ * (--max-queued-runs); "transport". *out is NULL on failure. */
 int ft_fit(ft_client *c, const struct ft_fit_params *p, ft_run **out);
 
 /* ---- runs -------------------------------------------------------------------------------- */

@@ -152,14 +152,18 @@ static CURLcode set_options(ft_client *c, const char *url, struct curl_slist *he
 }
 
 /* Request headers (new list; NULL when out of memory). */
-static struct curl_slist *make_headers(const struct ftc_request *rq)
+static struct curl_slist *make_headers(const ft_client *c, const struct ftc_request *rq)
 {
-    char ct[128];
+    char ct[128], auth[600];
     struct curl_slist *l = curl_slist_append(NULL, "Expect:");
     struct curl_slist *t = l ? curl_slist_append(l, "Accept: application/json") : NULL;
     if (t && rq->content_type) {
         snprintf(ct, sizeof ct, "Content-Type: %s", rq->content_type);
         t = curl_slist_append(l, ct);
+    }
+    if (t && c->token) {
+        snprintf(auth, sizeof auth, "Authorization: token %s", c->token);
+        t = curl_slist_append(l, auth);
     }
     if (!t) {
         curl_slist_free_all(l);
@@ -213,7 +217,7 @@ int ftc_perform(ft_client *c, const struct ftc_request *rq)
     struct xfer x = {.c = c, .rq = rq};
     size_t n = strlen(c->base) + strlen(rq->path) + 1;
     char *url = malloc(n);
-    struct curl_slist *headers = make_headers(rq);
+    struct curl_slist *headers = make_headers(c, rq);
     ftc_error_clear(c);
     c->errbuf[0] = '\0';
     if (!url || !headers) {

@@ -16,7 +16,8 @@
 
 struct ft_client {
     CURL *curl;
-    char *base; /* "http://host:port/api/v1", no trailing slash */
+    char *base;  /* "http://host:port/api/v1", no trailing slash */
+    char *token; /* access token sent as "Authorization: token <t>", NULL = none */
     /* last error */
     char code[48];
     char param[256];

@@ -2,6 +2,7 @@
 #include "ft_error.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 
 static const char *const names[] = {
@@ -35,6 +36,42 @@ int ft_err_http_status(enum ft_err code)
     return (unsigned)code < FT_E_COUNT ? statuses[code] : 500;
 }
 
+/* Length of the well-formed UTF-8 sequence at s, or 0 when s does not start one (also when it
+ * is cut short by the terminating NUL). */
+static size_t utf8_sequence(const unsigned char *s)
+{
+    unsigned c = s[0];
+    size_t n = c < 0x80                 ? 1
+               : c >= 0xC2 && c <= 0xDF ? 2
+               : c >= 0xE0 && c <= 0xEF ? 3
+               : c >= 0xF0 && c <= 0xF4 ? 4
+                                        : 0;
+    if (n <= 1)
+        return n;
+    uint32_t cp = c & (0x3Fu >> (n - 1));
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3Fu);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) ||
+        cp > 0x10FFFF)
+        return 0;
+    return n;
+}
+
+void ft_utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = utf8_sequence(p);
+        if (n == 0)
+            *p++ = '?';
+        else
+            p += n;
+    }
+}
+
 enum ft_err ft_error_set(struct ft_error *err, enum ft_err code, const char *param, const char *fmt,
                          ...)
 {
@@ -50,6 +87,8 @@ enum ft_err ft_error_set(struct ft_error *err, enum ft_err code, const char *par
     } else {
         snprintf(err->message, sizeof err->message, "%s", ft_err_message(code));
     }
+    ft_utf8_sanitize(err->param);
+    ft_utf8_sanitize(err->message);
     return code;
 }
 

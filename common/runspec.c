@@ -233,6 +233,7 @@ static enum ft_err parse_loss_optimizer(json_t *hp, struct ft_run_config *c, str
                 char p[sizeof err->param];
                 snprintf(p, sizeof p, "config.hyper_parameters.loss_%.90s", err->param + 24);
                 snprintf(err->param, sizeof err->param, "%s", p);
+                ft_utf8_sanitize(err->param); /* the cut may split a character */
             }
             return e;
         }
@@ -386,6 +387,7 @@ static enum ft_err parse_all(json_t *config, struct ft_run_config *c, struct ft_
             char p[sizeof err->param];
             snprintf(p, sizeof p, "config.%.119s", err->param);
             snprintf(err->param, sizeof err->param, "%s", p);
+            ft_utf8_sanitize(err->param); /* the cut may split a character */
         }
         return e;
     }

@@ -1,10 +1,13 @@
 /* api.c — route table and handlers of the REST API (see api.h and the README's API table).
  *
- * Handlers are small: check the path's names, parse the body strictly, call the store, and
- * answer JSON. Dataset uploads parse into memory (common/dataset.c), write the stored file
- * under a temporary name, then publish metadata and file together. */
+ * The router first finds the request's owner (auth.h) and wraps the two creating routes in
+ * their Idempotency-Key; handlers then pass the owner to every store call by name. Handlers are
+ * small: check the path's names, parse the body strictly, call the store, and answer JSON.
+ * Dataset uploads parse into memory (common/dataset.c), write the stored file under a
+ * temporary name, then publish metadata and file together. */
 #include "api.h"
 
+#include "auth.h"
 #include "dataset.h"
 #include "log.h"
 #include "runspec.h"
@@ -35,6 +38,7 @@ struct ctx {
     struct ft_http_response *resp;
     const char *cap[MAX_SEGS]; /* captured "*" segments */
     struct ds_shape shape;     /* set by check_dataset */
+    char owner[FT_OWNER_MAX];  /* who makes the request (auth.h) */
     char segbuf[1024];
 };
 
@@ -54,9 +58,15 @@ static void respond_json(struct ctx *c, int status, json_t *body)
 
 char *ft_api_error_body(const struct ft_error *err)
 {
+    char message[sizeof err->message], param[sizeof err->param];
+    /* valid UTF-8 even when a caller edited err after ft_error_set (json_pack rejects less) */
+    snprintf(message, sizeof message, "%s",
+             err->message[0] ? err->message : ft_err_message(err->code));
+    snprintf(param, sizeof param, "%s", err->param);
+    ft_utf8_sanitize(message);
+    ft_utf8_sanitize(param);
     json_t *o = json_pack("{s:{s:s, s:s, s:s?}}", "error", "code", ft_err_name(err->code),
-                          "message", err->message[0] ? err->message : ft_err_message(err->code),
-                          "param", err->param[0] ? err->param : NULL);
+                          "message", message, "param", param[0] ? param : NULL);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;
@@ -132,7 +142,7 @@ static void h_health(struct ctx *c)
 
 static void h_dataset_list(struct ctx *c)
 {
-    json_t *list = ft_store_dataset_list(c->api->store);
+    json_t *list = ft_store_dataset_list(c->api->store, c->owner);
     if (!list)
         return fail(c, FT_EDB, NULL, "could not list datasets");
     respond_json(c, 200, json_pack("{s:o}", "datasets", list));
@@ -144,7 +154,7 @@ static void h_dataset_get(struct ctx *c)
     json_t *o;
     if (!check_name(c, c->cap[0], "dataset"))
         return;
-    if (ft_store_dataset_get(c->api->store, c->cap[0], &o, &err) != FT_OK)
+    if (ft_store_dataset_get(c->api->store, c->owner, c->cap[0], &o, &err) != FT_OK)
         return respond_error(c, &err);
     respond_json(c, 200, o);
 }
@@ -154,7 +164,7 @@ static void h_dataset_delete(struct ctx *c)
     struct ft_error err;
     if (!check_name(c, c->cap[0], "dataset"))
         return;
-    if (ft_store_dataset_delete(c->api->store, c->cap[0], &err) != FT_OK)
+    if (ft_store_dataset_delete(c->api->store, c->owner, c->cap[0], &err) != FT_OK)
         return respond_error(c, &err);
     respond_deleted(c, c->cap[0]);
 }
@@ -214,7 +224,7 @@ static enum ft_err store_upload(struct ctx *c, const char *name, const char *for
                                 const struct ft_dataset *ds, struct ft_error *err)
 {
     static int counter;
-    char *path = ft_store_dataset_path(c->api->store, name);
+    char *path = ft_store_dataset_path(c->api->store, c->owner, name);
     char tmp[1200];
     struct ft_dataset_info info = {0};
     if (!path)
@@ -234,7 +244,7 @@ static enum ft_err store_upload(struct ctx *c, const char *name, const char *for
     info.dims = ds->dim;
     info.labels = ds->num_labels;
     if (e == FT_OK)
-        e = ft_store_dataset_insert(c->api->store, &info, err);
+        e = ft_store_dataset_insert(c->api->store, c->owner, &info, err);
     if (e == FT_OK && rename(tmp, path) != 0)
         e = ft_error_set(err, FT_EIO, NULL, "could not store the dataset file");
     if (e != FT_OK)
@@ -281,7 +291,7 @@ static void h_dataset_put(struct ctx *c)
     const char *format = upload_format(c);
     if (!format)
         return;
-    if (ft_store_dataset_get(c->api->store, name, &existing, &err) == FT_OK) {
+    if (ft_store_dataset_get(c->api->store, c->owner, name, &existing, &err) == FT_OK) {
         json_decref(existing);
         return fail(c, FT_ECONFLICT, "name",
                     "dataset '%s' already exists; delete it first or pick another name", name);
@@ -295,7 +305,7 @@ static void h_dataset_put(struct ctx *c)
     if (e != FT_OK)
         return respond_error(c, &err);
     ft_log(FT_LOG_INFO, "api", "dataset=%s format=%s stored", name, format);
-    if (ft_store_dataset_get(c->api->store, name, &existing, &err) != FT_OK)
+    if (ft_store_dataset_get(c->api->store, c->owner, name, &existing, &err) != FT_OK)
         return respond_error(c, &err);
     respond_json(c, 201, existing);
 }
@@ -326,9 +336,9 @@ static void h_experiment_create(struct ctx *c)
     }
     enum ft_err e = check_name(c, name, "name") ? FT_OK : FT_EINVAL;
     if (e == FT_OK)
-        e = ft_store_experiment_ensure(c->api->store, name, &created, &err);
+        e = ft_store_experiment_ensure(c->api->store, c->owner, name, &created, &err);
     if (e == FT_OK)
-        e = ft_store_experiment_get(c->api->store, name, &o, &err);
+        e = ft_store_experiment_get(c->api->store, c->owner, name, &o, &err);
     json_decref(body);
     if (e == FT_EINVAL)
         return; /* answered by check_name */
@@ -339,7 +349,7 @@ static void h_experiment_create(struct ctx *c)
 
 static void h_experiment_list(struct ctx *c)
 {
-    json_t *list = ft_store_experiment_list(c->api->store);
+    json_t *list = ft_store_experiment_list(c->api->store, c->owner);
     if (!list)
         return fail(c, FT_EDB, NULL, "could not list experiments");
     respond_json(c, 200, json_pack("{s:o}", "experiments", list));
@@ -351,7 +361,7 @@ static void h_experiment_get(struct ctx *c)
     json_t *o;
     if (!check_name(c, c->cap[0], "experiment"))
         return;
-    if (ft_store_experiment_get(c->api->store, c->cap[0], &o, &err) != FT_OK)
+    if (ft_store_experiment_get(c->api->store, c->owner, c->cap[0], &o, &err) != FT_OK)
         return respond_error(c, &err);
     respond_json(c, 200, o);
 }
@@ -361,7 +371,7 @@ static void h_experiment_delete(struct ctx *c)
     struct ft_error err;
     if (!check_name(c, c->cap[0], "experiment"))
         return;
-    if (ft_store_experiment_delete(c->api->store, c->cap[0], &err) != FT_OK)
+    if (ft_store_experiment_delete(c->api->store, c->owner, c->cap[0], &err) != FT_OK)
         return respond_error(c, &err);
     respond_deleted(c, c->cap[0]);
 }
@@ -373,7 +383,8 @@ static enum ft_err check_dataset(struct ctx *c, const char *name, const char *pa
                                  int *found_dims, struct ft_error *err)
 {
     json_t *o;
-    if (!ft_store_valid_name(name) || ft_store_dataset_get(c->api->store, name, &o, err) != FT_OK)
+    if (!ft_store_valid_name(name) ||
+        ft_store_dataset_get(c->api->store, c->owner, name, &o, err) != FT_OK)
         return ft_error_set(err, FT_EINVAL, param,
                             "dataset '%s' does not exist; upload it with PUT "
                             "/api/v1/datasets/%s",
@@ -446,7 +457,7 @@ static enum ft_err artifact_model(struct ctx *c, const char *ref, json_t **mc, s
     int64_t id;
     snprintf(exp, sizeof exp, "%.*s", (int)(slash - ref), ref);
     if (!ft_store_valid_name(exp) || !ft_store_valid_name(slash + 1) ||
-        ft_store_run_find(c->api->store, exp, slash + 1, &id, err) != FT_OK)
+        ft_store_run_find(c->api->store, c->owner, exp, slash + 1, &id, err) != FT_OK)
         return ft_error_set(err, FT_EINVAL, "config.model.artifact", "run '%s' does not exist",
                             ref);
     ft_store_run_status(c->api->store, id, status, NULL, err);
@@ -606,10 +617,18 @@ static void h_run_submit(struct ctx *c)
         e = check_run_datasets(c, &cfg, norm, &err);
     if (e == FT_OK) {
         char *text = json_dumps(norm, JSON_COMPACT);
-        int n = ft_run_config_datasets(&cfg, dsn, (int)(sizeof dsn / sizeof dsn[0]));
-        e = text
-                ? ft_store_run_insert(c->api->store, c->cap[0], name, desc, text, dsn, n, &id, &err)
-                : ft_error_set(&err, FT_ENOMEM, NULL, "out of memory");
+        struct ft_run_submission sub = {
+            .owner = c->owner,
+            .experiment = c->cap[0],
+            .name = name,
+            .description = desc,
+            .config_json = text,
+            .datasets = dsn,
+            .num_datasets = ft_run_config_datasets(&cfg, dsn, (int)(sizeof dsn / sizeof dsn[0])),
+            .max_queued = c->api->max_queued_runs,
+        };
+        e = text ? ft_store_run_insert(c->api->store, &sub, &id, &err)
+                 : ft_error_set(&err, FT_ENOMEM, NULL, "out of memory");
         free(text);
     }
     if (e == FT_OK)
@@ -651,7 +670,8 @@ static void h_run_list(struct ctx *c)
     long offset = limit < 0 ? -1 : int_arg(c, "offset", 0, 0, 1L << 30);
     if (limit < 0 || offset < 0)
         return;
-    if (ft_store_run_list(c->api->store, c->cap[0], (int)limit, (int)offset, &o, &err) != FT_OK)
+    if (ft_store_run_list(c->api->store, c->owner, c->cap[0], (int)limit, (int)offset, &o, &err) !=
+        FT_OK)
         return respond_error(c, &err);
     respond_json(c, 200, o);
 }
@@ -662,7 +682,7 @@ static int find_run(struct ctx *c, int64_t *id)
     struct ft_error err;
     if (!check_name(c, c->cap[0], "experiment") || !check_name(c, c->cap[1], "run"))
         return 0;
-    if (ft_store_run_find(c->api->store, c->cap[0], c->cap[1], id, &err) != FT_OK) {
+    if (ft_store_run_find(c->api->store, c->owner, c->cap[0], c->cap[1], id, &err) != FT_OK) {
         respond_error(c, &err);
         return 0;
     }
@@ -853,32 +873,135 @@ struct route {
     const char *method;
     const char *pattern; /* after /api/v1; "*" matches one segment */
     handler_fn fn;
+    int idempotent; /* honours Idempotency-Key */
 };
 
 static const struct route routes[] = {
-    {"GET", "/health", h_health},
-    {"GET", "/datasets", h_dataset_list},
-    {"PUT", "/datasets/*", h_dataset_put},
-    {"GET", "/datasets/*", h_dataset_get},
-    {"DELETE", "/datasets/*", h_dataset_delete},
-    {"POST", "/experiments", h_experiment_create},
-    {"GET", "/experiments", h_experiment_list},
-    {"GET", "/experiments/*", h_experiment_get},
-    {"DELETE", "/experiments/*", h_experiment_delete},
-    {"POST", "/experiments/*/runs", h_run_submit},
-    {"GET", "/experiments/*/runs", h_run_list},
-    {"GET", "/experiments/*/runs/*", h_run_get},
-    {"DELETE", "/experiments/*/runs/*", h_run_delete},
-    {"GET", "/experiments/*/runs/*/status", h_run_status},
-    {"GET", "/experiments/*/runs/*/logs", h_run_logs},
-    {"GET", "/experiments/*/runs/*/logstream", h_run_logstream},
-    {"GET", "/experiments/*/runs/*/metrics", h_run_metrics},
-    {"GET", "/experiments/*/runs/*/examples", h_run_examples},
-    {"GET", "/experiments/*/runs/*/checkpoints", h_run_checkpoints},
-    {"GET", "/experiments/*/runs/*/checkpoints/*", h_run_checkpoint},
-    {"GET", "/experiments/*/runs/*/artifact", h_run_artifact},
-    {"POST", "/experiments/*/runs/*/cancel", h_run_cancel},
+    {"GET", "/health", h_health, 0},
+    {"GET", "/datasets", h_dataset_list, 0},
+    {"PUT", "/datasets/*", h_dataset_put, 1},
+    {"GET", "/datasets/*", h_dataset_get, 0},
+    {"DELETE", "/datasets/*", h_dataset_delete, 0},
+    {"POST", "/experiments", h_experiment_create, 0},
+    {"GET", "/experiments", h_experiment_list, 0},
+    {"GET", "/experiments/*", h_experiment_get, 0},
+    {"DELETE", "/experiments/*", h_experiment_delete, 0},
+    {"POST", "/experiments/*/runs", h_run_submit, 1},
+    {"GET", "/experiments/*/runs", h_run_list, 0},
+    {"GET", "/experiments/*/runs/*", h_run_get, 0},
+    {"DELETE", "/experiments/*/runs/*", h_run_delete, 0},
+    {"GET", "/experiments/*/runs/*/status", h_run_status, 0},
+    {"GET", "/experiments/*/runs/*/logs", h_run_logs, 0},
+    {"GET", "/experiments/*/runs/*/logstream", h_run_logstream, 0},
+    {"GET", "/experiments/*/runs/*/metrics", h_run_metrics, 0},
+    {"GET", "/experiments/*/runs/*/examples", h_run_examples, 0},
+    {"GET", "/experiments/*/runs/*/checkpoints", h_run_checkpoints, 0},
+    {"GET", "/experiments/*/runs/*/checkpoints/*", h_run_checkpoint, 0},
+    {"GET", "/experiments/*/runs/*/artifact", h_run_artifact, 0},
+    {"POST", "/experiments/*/runs/*/cancel", h_run_cancel, 0},
 };
+
+/* ---- access and idempotency ---- */
+
+/* GET /health needs no token (any method: a wrong one is a 405 to anyone). */
+static int is_health(const char *path)
+{
+    return strcmp(path, API_PREFIX "/health") == 0 || strcmp(path, API_PREFIX "/health/") == 0;
+}
+
+enum ft_err ft_api_authorize(struct ft_api *api, const struct ft_http_request *req,
+                             struct ft_error *err)
+{
+    char owner[FT_OWNER_MAX];
+    if (is_health(req->path))
+        return FT_OK;
+    return ft_auth_owner(api->store, req->authorization, api->require_token, owner, err);
+}
+
+/* Find the request's owner; answers 401 (or 500) and returns 0 when there is none. */
+static int authenticate(struct ctx *c)
+{
+    struct ft_error err;
+    if (ft_auth_owner(c->api->store, c->req->authorization, c->api->require_token, c->owner,
+                      &err) == FT_OK)
+        return 1;
+    respond_error(c, &err);
+    return 0;
+}
+
+/* One length-prefixed field of a fingerprint (so "ab"+"c" and "a"+"bc" differ). */
+static void hash_field(ft_sha256 *h, const void *data, size_t len)
+{
+    uint64_t n = len;
+    ft_sha256_update(h, &n, sizeof n);
+    ft_sha256_update(h, data, len);
+}
+
+void ft_api_fingerprint(const struct ft_http_request *req, char out[FT_SHA256_HEX])
+{
+    ft_sha256 *h = ft_sha256_begin();
+    hash_field(h, req->method, strlen(req->method));
+    hash_field(h, req->path, strlen(req->path));
+    for (int i = 0; i < req->num_args; i++) {
+        hash_field(h, req->arg_key[i], strlen(req->arg_key[i]));
+        hash_field(h, req->arg_val[i], strlen(req->arg_val[i]));
+    }
+    hash_field(h, req->body ? req->body : "", req->body ? req->body_len : 0);
+    for (int i = 0; i < req->num_parts; i++) {
+        hash_field(h, req->parts[i].name, strlen(req->parts[i].name));
+        hash_field(h, req->parts[i].data ? req->parts[i].data : "", req->parts[i].len);
+    }
+    ft_sha256_end(h, out);
+}
+
+/* Idempotency-Key values: 1 to 255 printable ASCII characters. */
+static int valid_key(const char *key)
+{
+    size_t n = strlen(key);
+    for (size_t i = 0; i < n; i++)
+        if (key[i] < ' ' || key[i] > '~')
+            return 0;
+    return n >= 1 && n <= 255;
+}
+
+/* Answer the stored response of an Idempotency-Key (body stolen). */
+static void replay(struct ctx *c, int status, char *body)
+{
+    c->resp->status = status;
+    c->resp->content_type = "application/json";
+    c->resp->kind = FT_BODY_BUFFER;
+    c->resp->body = body;
+    c->resp->body_len = strlen(body);
+    c->resp->replayed = 1;
+}
+
+/* Run fn under the request's Idempotency-Key (see api.h); fn alone when there is none. */
+static void run_idempotent(struct ctx *c, handler_fn fn)
+{
+    const char *key = c->req->idempotency_key;
+    struct ft_error err;
+    char fp[FT_SHA256_HEX];
+    int status;
+    char *body;
+    if (!key)
+        return fn(c);
+    if (!valid_key(key))
+        return fail(c, FT_EINVAL, "Idempotency-Key",
+                    "the Idempotency-Key must be 1 to 255 printable ASCII characters");
+    ft_api_fingerprint(c->req, fp);
+    if (!fp[0])
+        return fail(c, FT_ENOMEM, NULL, "out of memory");
+    if (ft_store_idempotency_begin(c->api->store, c->owner, key, fp, &status, &body, &err) != FT_OK)
+        return respond_error(c, &err);
+    if (status > 0)
+        return replay(c, status, body);
+    fn(c);
+    if (c->resp->status >= 200 && c->resp->status < 300 && c->resp->kind == FT_BODY_BUFFER &&
+        c->resp->body)
+        ft_store_idempotency_finish(c->api->store, c->owner, key, c->resp->status, c->resp->body);
+    else
+        ft_store_idempotency_release(c->api->store, c->owner, key);
+}
 
 /* Split path into segments (in c->segbuf); returns the count, -1 when too many. */
 static int split(struct ctx *c, const char *path, const char **segs)
@@ -935,12 +1058,14 @@ static void route(struct ctx *c)
                     sizeof c->segbuf - 1);
     if (strncmp(path, API_PREFIX, plen) == 0 && (path[plen] == '/' || path[plen] == '\0'))
         n = split(c, path + plen, segs);
+    if (!is_health(c->req->path) && !authenticate(c))
+        return;
     int path_found = 0;
     for (size_t i = 0; n >= 0 && i < sizeof routes / sizeof routes[0]; i++) {
         if (!match(c, routes[i].pattern, segs, n))
             continue;
         if (strcmp(routes[i].method, c->req->method) == 0)
-            return routes[i].fn(c);
+            return routes[i].idempotent ? run_idempotent(c, routes[i].fn) : routes[i].fn(c);
         size_t len = strlen(c->resp->allow);
         snprintf(c->resp->allow + len, sizeof c->resp->allow - len, "%s%s", len ? ", " : "",
                  routes[i].method);

@@ -3,12 +3,13 @@
 
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { K_STR, K_INT };
+enum kind { K_STR, K_INT, K_BOOL };
 
 struct setting {
     const char *name; /* flag without "--", '-' separated */
@@ -25,6 +26,10 @@ struct setting {
     {                                                      \
         n, K_INT, offsetof(struct ft_config, f), 0, lo, hi \
     }
+#define BOOL(n, f)                                        \
+    {                                                     \
+        n, K_BOOL, offsetof(struct ft_config, f), 0, 0, 1 \
+    }
 
 static const struct setting settings[] = {
     STR("host", host),
@@ -34,6 +39,8 @@ static const struct setting settings[] = {
     STR("log-level", log_level),
     INT("max-upload-mb", max_upload_mb, 1, 65536),
     INT("max-dataset-mb", max_dataset_mb, 1, 1 << 20),
+    INT("max-queued-runs", max_queued_runs, 1, 1000000),
+    BOOL("insecure-no-auth", insecure_no_auth),
 };
 
 void ft_config_default(struct ft_config *c)
@@ -46,7 +53,7 @@ void ft_config_default(struct ft_config *c)
     snprintf(c->log_level, sizeof c->log_level, "info");
     c->max_upload_mb = 1024;
     c->max_dataset_mb = 2048;
-    c->max_dataset_mb = 2048;
+    c->max_queued_runs = 100;
     c->worker_run = -1;
 }
 
@@ -62,9 +69,17 @@ const char *ft_config_usage(void)
            "  --log-level LEVEL    debug | info | warn | error (default info)\n"
            "  --max-upload-mb N    largest dataset upload in MiB (default 1024)\n"
            "  --max-dataset-mb N   largest dataset once decoded to float32, in MiB (default 2048)\n"
+           "  --max-queued-runs N  queued (CREATED) runs one user may have; more are 429\n"
+           "                       (default 100)\n"
+           "  --insecure-no-auth   serve a non-loopback --host even though no access token\n"
+           "                       exists (anyone who reaches it may use it)\n"
            "  --config FILE        read settings from FILE first: one 'key = value' a line,\n"
            "                       keys as the flags without dashes (data_dir = /var/lib/ft)\n"
            "  --help               this text\n"
+           "\n"
+           "finetunerd [--data-dir DIR] token create NAME | list | revoke NAME\n"
+           "  manage access tokens: create prints a new token for user NAME once; once any\n"
+           "  token exists every request but GET /health needs 'Authorization: token <t>'\n"
            "\n"
            "The REST API is served under http://HOST:PORT/api/v1 (see README.md).\n";
 }
@@ -86,7 +101,15 @@ static enum ft_err set(struct ft_config *c, const struct setting *s, const char 
                        const char *where, struct ft_error *err)
 {
     char *dst = (char *)c + s->offset;
-    if (s->kind == K_STR) {
+    if (s->kind == K_BOOL) {
+        int yes =
+            strcmp(value, "true") == 0 || strcmp(value, "1") == 0 || strcmp(value, "yes") == 0;
+        int no = strcmp(value, "false") == 0 || strcmp(value, "0") == 0 || strcmp(value, "no") == 0;
+        if (!yes && !no)
+            return ft_error_set(err, FT_EINVAL, where, "%s: expected true or false, got '%s'",
+                                where, value);
+        *(int *)(void *)dst = yes;
+    } else if (s->kind == K_STR) {
         if (!value[0] || strlen(value) >= s->size)
             return ft_error_set(err, FT_EINVAL, where, "%s: value must be 1 to %zu characters",
                                 where, s->size - 1);
@@ -165,8 +188,19 @@ enum ft_err ft_config_parse_args(struct ft_config *c, int argc, char **argv, str
             c->help = 1;
             continue;
         }
-        if (strncmp(a, "--", 2) != 0)
-            return ft_error_set(err, FT_EINVAL, a, "unexpected argument '%s' (see --help)", a);
+        if (strncmp(a, "--", 2) != 0) {
+            if (c->num_command == 4)
+                return ft_error_set(err, FT_EINVAL, a, "unexpected argument '%s' (see --help)", a);
+            c->command[c->num_command++] = a;
+            continue;
+        }
+        const struct setting *flag = find(a + 2);
+        if (flag && flag->kind == K_BOOL) {
+            enum ft_err e = set(c, flag, "true", a, err);
+            if (e != FT_OK)
+                return e;
+            continue;
+        }
         if (i + 1 >= argc)
             return ft_error_set(err, FT_EINVAL, a, "%s needs a value", a);
         const char *v = argv[++i];
@@ -187,4 +221,12 @@ enum ft_err ft_config_parse_args(struct ft_config *c, int argc, char **argv, str
             return e;
     }
     return FT_OK;
+}
+
+int ft_config_host_is_loopback(const char *host)
+{
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1)
+        return 0;
+    return (ntohl(a.s_addr) >> 24) == 127;
 }

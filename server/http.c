@@ -37,8 +37,10 @@ struct conn {
     size_t limit, received;
     size_t body_cap;
     int too_large;
+    int unauthorized; /* 401 decided from the headers: the body is drained, not kept */
+    struct ft_error auth_err;
     int bad_multipart;
-    char *path, *ctype; /* owned copies */
+    char *path, *ctype, *auth, *idem_key; /* owned copies */
 };
 
 const char *ft_http_arg(const struct ft_http_request *req, const char *key)
@@ -102,6 +104,12 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
     struct conn *c = cls;
     struct ft_http_part *p = NULL;
     (void)kind, (void)filename, (void)content_type, (void)transfer_encoding, (void)off;
+    /* MHD passes NULL for a part without name=; a name that p->name would cut could not be
+     * told from another one with the same start */
+    if (!key || strlen(key) >= sizeof c->req.parts[0].name) {
+        c->bad_multipart = 1;
+        return MHD_NO;
+    }
     for (int i = 0; i < c->req.num_parts; i++)
         if (strcmp(c->req.parts[i].name, key) == 0)
             p = &c->req.parts[i];
@@ -133,6 +141,13 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
     return MHD_YES;
 }
 
+/* A copy of request header name (new), or NULL when absent. */
+static char *header_copy(struct MHD_Connection *mc, const char *name)
+{
+    const char *v = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, name);
+    return v ? strdup(v) : NULL;
+}
+
 static struct conn *conn_new(struct ft_http_server *srv, struct MHD_Connection *mc, const char *url,
                              const char *method)
 {
@@ -145,6 +160,10 @@ static struct conn *conn_new(struct ft_http_server *srv, struct MHD_Connection *
     c->req.method = method;
     c->req.path = c->path;
     c->req.content_type = c->ctype;
+    c->auth = header_copy(mc, "Authorization");
+    c->idem_key = header_copy(mc, "Idempotency-Key");
+    c->req.authorization = c->auth;
+    c->req.idempotency_key = c->idem_key;
     MHD_get_connection_values(mc, MHD_GET_ARGUMENT_KIND, collect_arg, &c->req);
     int upload = strcmp(method, "PUT") == 0 && strncmp(url, "/api/v1/datasets/", 17) == 0;
     c->limit = upload ? srv->max_upload : JSON_LIMIT;
@@ -162,6 +181,8 @@ static void conn_free(struct conn *c)
     ft_http_request_clear(&c->req);
     free(c->path);
     free(c->ctype);
+    free(c->auth);
+    free(c->idem_key);
     free(c);
 }
 
@@ -169,6 +190,8 @@ static void conn_free(struct conn *c)
 static void consume(struct conn *c, const char *data, size_t size)
 {
     c->received += size;
+    if (c->unauthorized)
+        return;
     if (c->too_large || c->received > c->limit) {
         c->too_large = 1;
         return;
@@ -298,6 +321,10 @@ static enum MHD_Result reply(struct MHD_Connection *mc, struct ft_http_server *s
         MHD_add_response_header(resp, "Allow", r->allow);
     if (r->kind == FT_BODY_LOGSTREAM)
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    if (r->status == 401)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"finetunerd\"");
+    if (r->replayed)
+        MHD_add_response_header(resp, "Idempotent-Replayed", "true");
     enum MHD_Result ret = MHD_queue_response(mc, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -330,6 +357,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         if (!c)
             return MHD_NO;
         *state = c;
+        /* who asks is known from the headers: an unknown client's upload is not kept */
+        c->unauthorized = ft_api_authorize(srv->api, &c->req, &c->auth_err) != FT_OK;
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > c->limit)
             c->too_large = 1; /* drain, then answer 413 */
@@ -340,6 +369,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         *upload_size = 0;
         return MHD_YES;
     }
+    if (c->unauthorized)
+        return send_error(mc, srv, c->auth_err.code, c->auth_err.param, c->auth_err.message);
     if (c->too_large) {
         char msg[160];
         snprintf(msg, sizeof msg, "the request body is larger than the limit of %zu bytes",
@@ -348,7 +379,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     }
     if (c->bad_multipart)
         return send_error(mc, srv, FT_EINVAL, "body",
-                          "malformed multipart/form-data body (or more than 4 parts)");
+                          "malformed multipart/form-data body (or more than 4 parts, or a "
+                          "part without a name or with one over 63 bytes)");
     struct ft_http_response r = {0};
     ft_api_handle(srv->api, &c->req, &r);
     ft_log(FT_LOG_DEBUG, "http", "%s %s -> %d", method, url, r.status);

@@ -20,10 +20,12 @@ struct ft_http_part {
 };
 
 struct ft_http_request {
-    const char *method;       /* "GET", ... (borrowed) */
-    const char *path;         /* URL path, e.g. "/api/v1/health" (borrowed) */
-    const char *content_type; /* NULL when absent (borrowed) */
-    char *body;               /* raw body (owned by the request), NUL-terminated */
+    const char *method;          /* "GET", ... (borrowed) */
+    const char *path;            /* URL path, e.g. "/api/v1/health" (borrowed) */
+    const char *content_type;    /* NULL when absent (borrowed) */
+    const char *authorization;   /* Authorization header, NULL when absent (borrowed) */
+    const char *idempotency_key; /* Idempotency-Key header, NULL when absent (borrowed) */
+    char *body;                  /* raw body (owned by the request), NUL-terminated */
     size_t body_len;
     int num_args;
     const char *arg_key[FT_HTTP_MAX_ARGS]; /* query arguments (borrowed) */
@@ -40,9 +42,10 @@ struct ft_http_response {
     enum ft_http_body_kind kind;
     char *body; /* FT_BODY_BUFFER: owned, malloc'd */
     size_t body_len;
-    char *file_path;   /* FT_BODY_FILE: owned */
-    int64_t run_id;    /* FT_BODY_LOGSTREAM: the run whose log is streamed */
-    char allow[64];    /* Allow header for 405 */
+    char *file_path; /* FT_BODY_FILE: owned */
+    int64_t run_id;  /* FT_BODY_LOGSTREAM: the run whose log is streamed */
+    char allow[64];  /* Allow header for 405 */
+    int replayed;    /* 1: the stored answer of an Idempotency-Key (Idempotent-Replayed) */
 };
 
 /* Value of query argument key, or NULL (borrowed). */

@@ -2,8 +2,10 @@
  *
  * The daemon opens the store, puts runs left STARTED by a previous daemon back in the queue,
  * starts the scheduler and the HTTP server, and waits for SIGINT/SIGTERM (the handlers only
- * set a flag). With --worker ID the same binary is a training worker (server/worker.h). */
+ * set a flag). With --worker ID the same binary is a training worker (server/worker.h); with
+ * `token create|list|revoke` it manages the access tokens of --data-dir (server/auth.h). */
 #include "api.h"
+#include "auth.h"
 #include "config.h"
 #include "http.h"
 #include "log.h"
@@ -97,8 +99,29 @@ static void end_orphan_workers(ft_store *store)
     }
 }
 
+/* Tokens are what keeps strangers out: a host that is not loopback without any token is
+ * refused unless the operator said --insecure-no-auth. *require_token is set for such a host
+ * (so revoking the last token closes the API rather than opening it). Returns -1 (logged) to
+ * refuse. */
+static int check_exposure(const struct ft_config *cfg, ft_store *store, int *require_token)
+{
+    int64_t tokens = ft_store_token_count(store);
+    *require_token = !ft_config_host_is_loopback(cfg->host) && !cfg->insecure_no_auth;
+    if (*require_token && tokens <= 0) {
+        ft_log(FT_LOG_ERROR, "main",
+               "refusing to serve %s (not a loopback address) without access tokens: create one "
+               "with `finetunerd --data-dir %s token create NAME`, or pass --insecure-no-auth",
+               cfg->host, cfg->data_dir);
+        return -1;
+    }
+    ft_log(FT_LOG_INFO, "main", "access: %lld token(s)%s", (long long)(tokens > 0 ? tokens : 0),
+           tokens > 0 ? "; requests need one" : "; the API is open to whoever reaches it");
+    return 0;
+}
+
 static int run_daemon(const struct ft_config *cfg)
 {
+    int require_token = 0;
     struct ft_error err;
     ft_store *store;
     char exe[1024];
@@ -112,11 +135,12 @@ static int run_daemon(const struct ft_config *cfg)
         ft_log(FT_LOG_ERROR, "main", "%s", err.message);
         return 1;
     }
-    if (lock_data_dir(cfg->data_dir) != 0) {
+    if (check_exposure(cfg, store, &require_token) != 0 || lock_data_dir(cfg->data_dir) != 0) {
         ft_store_close(store);
         return 1;
     }
     end_orphan_workers(store);
+    ft_store_idempotency_clear_pending(store);
     int requeued = ft_store_runs_requeue_started(
         store, "finetunerd restarted; the run starts again from the beginning");
     if (requeued)
@@ -129,7 +153,9 @@ static int run_daemon(const struct ft_config *cfg)
                          .max_dataset = (size_t)cfg->max_dataset_mb << 20,
                          .wake = ft_scheduler_wake,
                          .wake_ctx = sched,
-                         .stopping = &stopping};
+                         .stopping = &stopping,
+                         .require_token = require_token,
+                         .max_queued_runs = cfg->max_queued_runs};
     ft_http_server *http = sched ? ft_http_start(&api, cfg->host, cfg->port, api.max_upload) : NULL;
     if (!http) {
         ft_scheduler_stop(sched, 5);
@@ -170,6 +196,12 @@ int main(int argc, char **argv)
     ft_log_threshold = lvl;
     if (cfg.worker_run >= 0)
         return ft_worker_main(cfg.worker_run, cfg.data_dir);
+    if (cfg.num_command > 0 && strcmp(cfg.command[0], "token") == 0)
+        return ft_token_command(cfg.data_dir, cfg.num_command - 1, cfg.command + 1, stdout, stderr);
+    if (cfg.num_command > 0) {
+        fprintf(stderr, "finetunerd: unexpected argument '%s' (see --help)\n", cfg.command[0]);
+        return 2;
+    }
     install_signals();
     return run_daemon(&cfg);
 }

@@ -1,10 +1,14 @@
-/* store.c — SQLite persistence of datasets, experiments, runs, run logs and metrics.
+/* store.c — SQLite persistence of access tokens, datasets, experiments, runs, run logs,
+ * metrics and idempotency keys.
  *
  * One connection per process, WAL journal, busy timeout 10 s (the daemon and its workers write
  * the same file). Every public function takes the store mutex, so the daemon's HTTP threads
- * and scheduler never interleave statements or transactions on the shared connection. */
+ * and scheduler never interleave statements or transactions on the shared connection. Every
+ * query by name also filters by owner (the primary and unique keys start with it); status
+ * changes are compare-and-swap UPDATEs guarded by the status they leave. */
 #include "store.h"
 
+#include "auth.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -24,23 +28,26 @@ struct ft_store {
     pthread_mutex_t mu;
 };
 
+/* Schema version FT_STORE_SCHEMA_VERSION (PRAGMA user_version). Names are unique per owner. */
 static const char *const schema =
-    "PRAGMA journal_mode=WAL;"
-    "PRAGMA foreign_keys=ON;"
+    "CREATE TABLE IF NOT EXISTS tokens("
+    "  name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS datasets("
-    "  name TEXT PRIMARY KEY, format TEXT NOT NULL, rows INTEGER NOT NULL,"
+    "  owner TEXT NOT NULL, name TEXT NOT NULL, format TEXT NOT NULL, rows INTEGER NOT NULL,"
     "  dims INTEGER NOT NULL, labels INTEGER NOT NULL, bytes INTEGER NOT NULL,"
-    "  created_at TEXT NOT NULL);"
+    "  created_at TEXT NOT NULL, PRIMARY KEY(owner, name));"
     "CREATE TABLE IF NOT EXISTS experiments("
-    "  name TEXT PRIMARY KEY, created_at TEXT NOT NULL);"
+    "  owner TEXT NOT NULL, name TEXT NOT NULL, created_at TEXT NOT NULL,"
+    "  PRIMARY KEY(owner, name));"
     "CREATE TABLE IF NOT EXISTS runs("
-    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  experiment TEXT NOT NULL REFERENCES experiments(name),"
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, experiment TEXT NOT NULL,"
     "  name TEXT NOT NULL, description TEXT, config TEXT NOT NULL,"
     "  status TEXT NOT NULL DEFAULT 'CREATED', details TEXT,"
     "  cancel_requested INTEGER NOT NULL DEFAULT 0, pid INTEGER,"
     "  created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,"
-    "  UNIQUE(experiment, name));"
+    "  UNIQUE(owner, experiment, name),"
+    "  FOREIGN KEY(owner, experiment) REFERENCES experiments(owner, name));"
+    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, owner);"
     "CREATE TABLE IF NOT EXISTS run_datasets("
     "  run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE, dataset TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS run_datasets_by_name ON run_datasets(dataset);"
@@ -50,8 +57,13 @@ static const char *const schema =
     "CREATE TABLE IF NOT EXISTS metrics("
     "  run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
     "  phase TEXT NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL,"
-    "  PRIMARY KEY(run_id, phase, epoch));";
+    "  PRIMARY KEY(run_id, phase, epoch));"
+    "CREATE TABLE IF NOT EXISTS idempotency("
+    "  owner TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,"
+    "  status INTEGER, response TEXT, created_at TEXT NOT NULL, PRIMARY KEY(owner, key));";
 
+#define FT_STR_(x) #x
+#define FT_STR(x) FT_STR_(x)
 #define NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 #define ACTIVE "('CREATED','STARTED')"
 
@@ -136,6 +148,59 @@ static int mkdir_p(const char *path)
     return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* The integer in the first column of sql's first row; -1 on error. */
+static int64_t query_int(ft_store *s, const char *sql)
+{
+    sqlite3_stmt *st = prep(s, sql, NULL);
+    int64_t v = st && sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* The schema of a new database, or a check that an existing one has this version. */
+static enum ft_err check_version(ft_store *s, const char *dbpath, struct ft_error *err)
+{
+    int64_t version = query_int(s, "PRAGMA user_version");
+    int64_t tables =
+        query_int(s, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'");
+    char *msg = NULL;
+    if (version < 0 || tables < 0)
+        return db_error(s, err, "reading the schema version");
+    if (version == FT_STORE_SCHEMA_VERSION)
+        return FT_OK;
+    if (version != 0 || tables > 0)
+        return ft_error_set(err, FT_EDB, "data_dir",
+                            "%s was made by %s finetunerd (database schema version %lld; this one "
+                            "has version %d, where datasets, experiments and runs belong to the "
+                            "user of an access token) and is not converted: move the data "
+                            "directory away or delete it, and start afresh",
+                            dbpath, version > FT_STORE_SCHEMA_VERSION ? "a newer" : "an older",
+                            (long long)version, FT_STORE_SCHEMA_VERSION);
+    if (sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(s->db, "PRAGMA user_version = " FT_STR(FT_STORE_SCHEMA_VERSION), NULL, NULL,
+                     &msg) != SQLITE_OK) {
+        ft_error_set(err, FT_EDB, "data_dir", "cannot create the schema in %s: %s", dbpath,
+                     msg ? msg : "?");
+        sqlite3_free(msg);
+        return FT_EDB;
+    }
+    return FT_OK;
+}
+
+/* WAL and foreign keys on this connection, then the schema check in one write transaction
+ * (so a daemon and a `finetunerd token` starting together create it once). */
+static enum ft_err init_schema(ft_store *s, const char *dbpath, struct ft_error *err)
+{
+    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;", NULL, NULL, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return ft_error_set(err, FT_EDB, "data_dir", "cannot open %s: %s", dbpath,
+                            sqlite3_errmsg(s->db));
+    enum ft_err e = check_version(s, dbpath, err);
+    sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    return e;
+}
+
 enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error *err)
 {
     ft_store *s = calloc(1, sizeof *s);
@@ -163,12 +228,7 @@ enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error 
                          s->db ? sqlite3_errmsg(s->db) : "out of memory");
     if (e == FT_OK) {
         sqlite3_busy_timeout(s->db, 10000);
-        char *msg = NULL;
-        if (sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-            e = ft_error_set(err, FT_EDB, "data_dir", "cannot create schema in %s: %s", dbpath,
-                             msg ? msg : "?");
-            sqlite3_free(msg);
-        }
+        e = init_schema(s, dbpath, err);
     }
     free(dbpath);
     free(dsdir);
@@ -271,18 +331,21 @@ static json_t *one_json(sqlite3_stmt *st)
 
 #define DATASET_COLS "name, format, rows, dims, labels, bytes, created_at"
 
-char *ft_store_dataset_path(const ft_store *s, const char *name)
+char *ft_store_dataset_path(const ft_store *s, const char *owner, const char *name)
 {
-    return path_join(s->dir, "datasets/%s.safetensors", name);
+    char hash[FT_SHA256_HEX];
+    ft_sha256_hex(owner, strlen(owner), hash);
+    return path_join(s->dir, "datasets/%.32s-%s.safetensors", hash, name);
 }
 
-enum ft_err ft_store_dataset_insert(ft_store *s, const struct ft_dataset_info *info,
-                                    struct ft_error *err)
+enum ft_err ft_store_dataset_insert(ft_store *s, const char *owner,
+                                    const struct ft_dataset_info *info, struct ft_error *err)
 {
     lock(s);
-    int rc = exec_stmt(prep(s, "INSERT INTO datasets(" DATASET_COLS ") VALUES(?,?,?,?,?,?," NOW ")",
-                            "ssiiii", info->name, info->format, info->rows, (int64_t)info->dims,
-                            (int64_t)info->labels, info->bytes));
+    int rc = exec_stmt(
+        prep(s, "INSERT INTO datasets(owner, " DATASET_COLS ") VALUES(?,?,?,?,?,?,?," NOW ")",
+             "sssiiii", owner, info->name, info->format, info->rows, (int64_t)info->dims,
+             (int64_t)info->labels, info->bytes));
     enum ft_err e = FT_OK;
     if (rc == SQLITE_CONSTRAINT)
         e = ft_error_set(err, FT_ECONFLICT, "name",
@@ -294,33 +357,37 @@ enum ft_err ft_store_dataset_insert(ft_store *s, const struct ft_dataset_info *i
     return e;
 }
 
-enum ft_err ft_store_dataset_get(ft_store *s, const char *name, json_t **out, struct ft_error *err)
+enum ft_err ft_store_dataset_get(ft_store *s, const char *owner, const char *name, json_t **out,
+                                 struct ft_error *err)
 {
     lock(s);
-    *out = one_json(prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE name = ?", "s", name));
+    *out = one_json(prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE owner = ? AND name = ?",
+                         "ss", owner, name));
     unlock(s);
     if (!*out)
         return ft_error_set(err, FT_ENOT_FOUND, "dataset", "dataset '%s' does not exist", name);
     return FT_OK;
 }
 
-json_t *ft_store_dataset_list(ft_store *s)
+json_t *ft_store_dataset_list(ft_store *s, const char *owner)
 {
     lock(s);
-    json_t *a = rows_json(prep(s, "SELECT " DATASET_COLS " FROM datasets ORDER BY name", NULL));
+    json_t *a = rows_json(
+        prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE owner = ? ORDER BY name", "s", owner));
     unlock(s);
     return a;
 }
 
-enum ft_err ft_store_dataset_delete(ft_store *s, const char *name, struct ft_error *err)
+enum ft_err ft_store_dataset_delete(ft_store *s, const char *owner, const char *name,
+                                    struct ft_error *err)
 {
     enum ft_err e = FT_OK;
     lock(s);
     json_t *used = one_json(prep(s,
                                  "SELECT r.name AS run, r.experiment FROM run_datasets d "
                                  "JOIN runs r ON r.id = d.run_id WHERE d.dataset = ? AND "
-                                 "r.status IN " ACTIVE " LIMIT 1",
-                                 "s", name));
+                                 "r.owner = ? AND r.status IN " ACTIVE " LIMIT 1",
+                                 "ss", name, owner));
     if (used) {
         e = ft_error_set(err, FT_ECONFLICT, "dataset",
                          "dataset '%s' is used by run '%s' of experiment '%s', which has not "
@@ -329,14 +396,15 @@ enum ft_err ft_store_dataset_delete(ft_store *s, const char *name, struct ft_err
                          json_string_value(json_object_get(used, "experiment")));
         json_decref(used);
     } else {
-        int rc = exec_stmt(prep(s, "DELETE FROM datasets WHERE name = ?", "s", name));
+        int rc = exec_stmt(
+            prep(s, "DELETE FROM datasets WHERE owner = ? AND name = ?", "ss", owner, name));
         if (rc != SQLITE_DONE)
             e = db_error(s, err, "deleting the dataset");
         else if (sqlite3_changes(s->db) == 0)
             e = ft_error_set(err, FT_ENOT_FOUND, "dataset", "dataset '%s' does not exist", name);
     }
     if (e == FT_OK) {
-        char *path = ft_store_dataset_path(s, name);
+        char *path = ft_store_dataset_path(s, owner, name);
         if (path)
             unlink(path);
         free(path);
@@ -347,10 +415,13 @@ enum ft_err ft_store_dataset_delete(ft_store *s, const char *name, struct ft_err
 
 /* ---- experiments ---- */
 
-static enum ft_err ensure_locked(ft_store *s, const char *name, int *created, struct ft_error *err)
+static enum ft_err ensure_locked(ft_store *s, const char *owner, const char *name, int *created,
+                                 struct ft_error *err)
 {
-    int rc = exec_stmt(prep(
-        s, "INSERT OR IGNORE INTO experiments(name, created_at) VALUES(?, " NOW ")", "s", name));
+    int rc = exec_stmt(prep(s,
+                            "INSERT OR IGNORE INTO experiments(owner, name, created_at) "
+                            "VALUES(?, ?, " NOW ")",
+                            "ss", owner, name));
     if (rc != SQLITE_DONE)
         return db_error(s, err, "creating the experiment");
     if (created)
@@ -358,24 +429,25 @@ static enum ft_err ensure_locked(ft_store *s, const char *name, int *created, st
     return FT_OK;
 }
 
-enum ft_err ft_store_experiment_ensure(ft_store *s, const char *name, int *created,
-                                       struct ft_error *err)
+enum ft_err ft_store_experiment_ensure(ft_store *s, const char *owner, const char *name,
+                                       int *created, struct ft_error *err)
 {
     lock(s);
-    enum ft_err e = ensure_locked(s, name, created, err);
+    enum ft_err e = ensure_locked(s, owner, name, created, err);
     unlock(s);
     return e;
 }
 
-#define EXPERIMENT_SELECT                                                                     \
-    "SELECT e.name, e.created_at, (SELECT COUNT(*) FROM runs r WHERE r.experiment = e.name) " \
-    "AS num_runs FROM experiments e"
+#define EXPERIMENT_SELECT                                                                    \
+    "SELECT e.name, e.created_at, (SELECT COUNT(*) FROM runs r WHERE r.owner = e.owner AND " \
+    "r.experiment = e.name) AS num_runs FROM experiments e"
 
-enum ft_err ft_store_experiment_get(ft_store *s, const char *name, json_t **out,
+enum ft_err ft_store_experiment_get(ft_store *s, const char *owner, const char *name, json_t **out,
                                     struct ft_error *err)
 {
     lock(s);
-    *out = one_json(prep(s, EXPERIMENT_SELECT " WHERE e.name = ?", "s", name));
+    *out =
+        one_json(prep(s, EXPERIMENT_SELECT " WHERE e.owner = ? AND e.name = ?", "ss", owner, name));
     unlock(s);
     if (!*out)
         return ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist",
@@ -383,10 +455,11 @@ enum ft_err ft_store_experiment_get(ft_store *s, const char *name, json_t **out,
     return FT_OK;
 }
 
-json_t *ft_store_experiment_list(ft_store *s)
+json_t *ft_store_experiment_list(ft_store *s, const char *owner)
 {
     lock(s);
-    json_t *a = rows_json(prep(s, EXPERIMENT_SELECT " ORDER BY e.name", NULL));
+    json_t *a =
+        rows_json(prep(s, EXPERIMENT_SELECT " WHERE e.owner = ? ORDER BY e.name", "s", owner));
     unlock(s);
     return a;
 }
@@ -411,22 +484,25 @@ static void remove_run_files(ft_store *s, int64_t id)
     free(dir);
 }
 
-enum ft_err ft_store_experiment_delete(ft_store *s, const char *name, struct ft_error *err)
+enum ft_err ft_store_experiment_delete(ft_store *s, const char *owner, const char *name,
+                                       struct ft_error *err)
 {
     enum ft_err e = FT_OK;
     lock(s);
-    json_t *active = one_json(
-        prep(s, "SELECT name FROM runs WHERE experiment = ? AND status IN " ACTIVE " LIMIT 1", "s",
-             name));
-    json_t *ids = rows_json(prep(s, "SELECT id FROM runs WHERE experiment = ?", "s", name));
+    json_t *active = one_json(prep(s,
+                                   "SELECT name FROM runs WHERE owner = ? AND experiment = ? AND "
+                                   "status IN " ACTIVE " LIMIT 1",
+                                   "ss", owner, name));
+    json_t *ids = rows_json(
+        prep(s, "SELECT id FROM runs WHERE owner = ? AND experiment = ?", "ss", owner, name));
     if (active) {
         e = ft_error_set(err, FT_ECONFLICT, "experiment",
                          "experiment '%s' has run '%s', which has not ended; cancel it first", name,
                          json_string_value(json_object_get(active, "name")));
-    } else if (exec_stmt(prep(s, "DELETE FROM runs WHERE experiment = ?", "s", name)) !=
-                   SQLITE_DONE ||
-               exec_stmt(prep(s, "DELETE FROM experiments WHERE name = ?", "s", name)) !=
-                   SQLITE_DONE) {
+    } else if (exec_stmt(prep(s, "DELETE FROM runs WHERE owner = ? AND experiment = ?", "ss", owner,
+                              name)) != SQLITE_DONE ||
+               exec_stmt(prep(s, "DELETE FROM experiments WHERE owner = ? AND name = ?", "ss",
+                              owner, name)) != SQLITE_DONE) {
         e = db_error(s, err, "deleting the experiment");
     } else if (sqlite3_changes(s->db) == 0) {
         e = ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist", name);
@@ -446,76 +522,119 @@ enum ft_err ft_store_experiment_delete(ft_store *s, const char *name, struct ft_
 
 /* ---- runs ---- */
 
-static enum ft_err insert_run_locked(ft_store *s, const char *experiment, const char *name,
-                                     const char *description, const char *config,
-                                     const char *const *datasets, int count, int64_t *id,
-                                     struct ft_error *err)
+/* A free "run-<n>" name in the experiment of sub (into buf). */
+static void auto_run_name(ft_store *s, const struct ft_run_submission *sub, char *buf, size_t cap)
 {
-    char auto_name[64];
-    if (!name) {
-        json_t *r = one_json(prep(s, "SELECT COALESCE(MAX(id), 0) + 1 AS n FROM runs", NULL));
-        int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 1;
-        json_decref(r);
-        for (;; n++) { /* a user may have named a run "run-<n>" already */
-            snprintf(auto_name, sizeof auto_name, "run-%lld", (long long)n);
-            json_t *taken = one_json(prep(s, "SELECT 1 FROM runs WHERE experiment = ? AND name = ?",
-                                          "ss", experiment, auto_name));
-            if (!taken)
-                break;
-            json_decref(taken);
-        }
-        name = auto_name;
+    json_t *r = one_json(prep(s, "SELECT COALESCE(MAX(id), 0) + 1 AS n FROM runs", NULL));
+    int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 1;
+    json_decref(r);
+    for (;; n++) { /* a user may have named a run "run-<n>" already */
+        snprintf(buf, cap, "run-%lld", (long long)n);
+        json_t *taken =
+            one_json(prep(s, "SELECT 1 FROM runs WHERE owner = ? AND experiment = ? AND name = ?",
+                          "sss", sub->owner, sub->experiment, buf));
+        if (!taken)
+            break;
+        json_decref(taken);
     }
-    int rc = exec_stmt(prep(s,
-                            "INSERT INTO runs(experiment, name, description, config, created_at)"
-                            " VALUES(?, ?, ?, ?, " NOW ")",
-                            "ssss", experiment, name, description, config));
-    if (rc == SQLITE_CONSTRAINT)
-        return ft_error_set(err, FT_ECONFLICT, "name", "run '%s' already exists in experiment '%s'",
-                            name, experiment);
-    if (rc != SQLITE_DONE)
-        return db_error(s, err, "storing the run");
-    *id = sqlite3_last_insert_rowid(s->db);
-    for (int i = 0; i < count; i++) {
-        /* checked again here, in the transaction: a dataset deleted since the request was
-         * validated must not leave a run that can never load it */
-        json_t *ds = one_json(prep(s, "SELECT 1 FROM datasets WHERE name = ?", "s", datasets[i]));
+}
+
+/* FT_ETOO_MANY when sub's owner has max_queued CREATED runs already. */
+static enum ft_err check_queue_room(ft_store *s, const struct ft_run_submission *sub,
+                                    struct ft_error *err)
+{
+    if (sub->max_queued <= 0)
+        return FT_OK;
+    json_t *r =
+        one_json(prep(s, "SELECT COUNT(*) AS n FROM runs WHERE status = 'CREATED' AND owner = ?",
+                      "s", sub->owner));
+    if (!r)
+        return db_error(s, err, "counting queued runs");
+    int64_t n = json_integer_value(json_object_get(r, "n"));
+    json_decref(r);
+    if (n >= sub->max_queued)
+        return ft_error_set(err, FT_ETOO_MANY, NULL,
+                            "%lld runs of yours are queued (CREATED), the most this server takes "
+                            "(--max-queued-runs %d); wait until some start, or cancel some",
+                            (long long)n, sub->max_queued);
+    return FT_OK;
+}
+
+/* The datasets of the run, checked again here, in the transaction: a dataset deleted since
+ * the request was validated must not leave a run that can never load it. */
+static enum ft_err insert_run_datasets(ft_store *s, const struct ft_run_submission *sub, int64_t id,
+                                       struct ft_error *err)
+{
+    for (int i = 0; i < sub->num_datasets; i++) {
+        json_t *ds = one_json(prep(s, "SELECT 1 FROM datasets WHERE owner = ? AND name = ?", "ss",
+                                   sub->owner, sub->datasets[i]));
         if (!ds)
             return ft_error_set(err, FT_EINVAL, "config",
                                 "dataset '%s' does not exist (it was deleted meanwhile)",
-                                datasets[i]);
+                                sub->datasets[i]);
         json_decref(ds);
-        if (exec_stmt(prep(s, "INSERT INTO run_datasets(run_id, dataset) VALUES(?, ?)", "is", *id,
-                           datasets[i])) != SQLITE_DONE)
+        if (exec_stmt(prep(s, "INSERT INTO run_datasets(run_id, dataset) VALUES(?, ?)", "is", id,
+                           sub->datasets[i])) != SQLITE_DONE)
             return db_error(s, err, "storing the run's datasets");
     }
     return FT_OK;
 }
 
-enum ft_err ft_store_run_insert(ft_store *s, const char *experiment, const char *name,
-                                const char *description, const char *config_json,
-                                const char *const *datasets, int count, int64_t *id,
+static enum ft_err insert_run_locked(ft_store *s, const struct ft_run_submission *sub, int64_t *id,
+                                     struct ft_error *err)
+{
+    char auto_name[64];
+    const char *name = sub->name;
+    enum ft_err e = check_queue_room(s, sub, err);
+    if (e != FT_OK)
+        return e;
+    if (!name) {
+        auto_run_name(s, sub, auto_name, sizeof auto_name);
+        name = auto_name;
+    }
+    int rc = exec_stmt(prep(s,
+                            "INSERT INTO runs(owner, experiment, name, description, config, "
+                            "created_at) VALUES(?, ?, ?, ?, ?, " NOW ")",
+                            "sssss", sub->owner, sub->experiment, name, sub->description,
+                            sub->config_json));
+    if (rc == SQLITE_CONSTRAINT)
+        return ft_error_set(err, FT_ECONFLICT, "name", "run '%s' already exists in experiment '%s'",
+                            name, sub->experiment);
+    if (rc != SQLITE_DONE)
+        return db_error(s, err, "storing the run");
+    *id = sqlite3_last_insert_rowid(s->db);
+    return insert_run_datasets(s, sub, *id, err);
+}
+
+enum ft_err ft_store_run_insert(ft_store *s, const struct ft_run_submission *sub, int64_t *id,
                                 struct ft_error *err)
 {
     lock(s);
-    sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    enum ft_err e = ensure_locked(s, experiment, NULL, err);
+    enum ft_err e = FT_OK;
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        e = db_error(s, err, "starting a transaction");
     if (e == FT_OK)
-        e = insert_run_locked(s, experiment, name, description, config_json, datasets, count, id,
-                              err);
-    sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+        e = ensure_locked(s, sub->owner, sub->experiment, NULL, err);
+    if (e == FT_OK)
+        e = insert_run_locked(s, sub, id, err);
+    if (e == FT_OK && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        e = db_error(s, err, "committing the run");
+    if (e != FT_OK)
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     unlock(s);
     return e;
 }
 
-enum ft_err ft_store_run_find(ft_store *s, const char *experiment, const char *name, int64_t *id,
-                              struct ft_error *err)
+enum ft_err ft_store_run_find(ft_store *s, const char *owner, const char *experiment,
+                              const char *name, int64_t *id, struct ft_error *err)
 {
     lock(s);
-    json_t *r = one_json(
-        prep(s, "SELECT id FROM runs WHERE experiment = ? AND name = ?", "ss", experiment, name));
-    json_t *ex =
-        r ? NULL : one_json(prep(s, "SELECT 1 FROM experiments WHERE name = ?", "s", experiment));
+    json_t *r =
+        one_json(prep(s, "SELECT id FROM runs WHERE owner = ? AND experiment = ? AND name = ?",
+                      "sss", owner, experiment, name));
+    json_t *ex = r ? NULL
+                   : one_json(prep(s, "SELECT 1 FROM experiments WHERE owner = ? AND name = ?",
+                                   "ss", owner, experiment));
     unlock(s);
     if (!r) {
         enum ft_err e =
@@ -527,6 +646,19 @@ enum ft_err ft_store_run_find(ft_store *s, const char *experiment, const char *n
         return e;
     }
     *id = json_integer_value(json_object_get(r, "id"));
+    json_decref(r);
+    return FT_OK;
+}
+
+enum ft_err ft_store_run_owner(ft_store *s, int64_t id, char owner[FT_OWNER_MAX],
+                               struct ft_error *err)
+{
+    lock(s);
+    json_t *r = one_json(prep(s, "SELECT owner FROM runs WHERE id = ?", "i", id));
+    unlock(s);
+    if (!r)
+        return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
+    snprintf(owner, FT_OWNER_MAX, "%s", json_string_value(json_object_get(r, "owner")));
     json_decref(r);
     return FT_OK;
 }
@@ -554,17 +686,19 @@ enum ft_err ft_store_run_get(ft_store *s, int64_t id, json_t **out, struct ft_er
     return FT_OK;
 }
 
-enum ft_err ft_store_run_list(ft_store *s, const char *experiment, int limit, int offset,
-                              json_t **out, struct ft_error *err)
+enum ft_err ft_store_run_list(ft_store *s, const char *owner, const char *experiment, int limit,
+                              int offset, json_t **out, struct ft_error *err)
 {
     lock(s);
     json_t *ex =
-        one_json(prep(s, "SELECT COUNT(*) AS n FROM experiments WHERE name = ?", "s", experiment));
+        one_json(prep(s, "SELECT COUNT(*) AS n FROM experiments WHERE owner = ? AND name = ?", "ss",
+                      owner, experiment));
     json_t *total =
-        one_json(prep(s, "SELECT COUNT(*) AS n FROM runs WHERE experiment = ?", "s", experiment));
-    json_t *runs =
-        rows_json(prep(s, RUN_SELECT " WHERE experiment = ? ORDER BY id LIMIT ? OFFSET ?", "sii",
-                       experiment, (int64_t)limit, (int64_t)offset));
+        one_json(prep(s, "SELECT COUNT(*) AS n FROM runs WHERE owner = ? AND experiment = ?", "ss",
+                      owner, experiment));
+    json_t *runs = rows_json(
+        prep(s, RUN_SELECT " WHERE owner = ? AND experiment = ? ORDER BY id LIMIT ? OFFSET ?",
+             "ssii", owner, experiment, (int64_t)limit, (int64_t)offset));
     unlock(s);
     enum ft_err e = FT_OK;
     if (!ex || !total || !runs)
@@ -692,6 +826,8 @@ enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *e
                            " WHERE id = ? AND status = 'CREATED'",
                            "i", *id)) != SQLITE_DONE)
             e = db_error(s, err, "starting a run");
+        else if (sqlite3_changes(s->db) != 1)
+            e = FT_ENOT_FOUND; /* canceled meanwhile: never start a run that is not CREATED */
     }
     sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
     unlock(s);
@@ -729,6 +865,12 @@ static void requeue_locked(ft_store *s, int64_t id, const char *why)
                    "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
                    "+ 1 FROM logs WHERE run_id = ?1), ?)",
                    "is", id, why));
+    /* its cancel was asked for: it ends here rather than being queued to stop again */
+    exec_stmt(prep(s,
+                   "UPDATE runs SET status = 'CANCELED', details = 'canceled while its worker "
+                   "was interrupted', finished_at = " NOW ", pid = NULL "
+                   "WHERE id = ? AND status = 'STARTED' AND cancel_requested = 1",
+                   "i", id));
     exec_stmt(prep(s,
                    "UPDATE runs SET status = 'CREATED', started_at = NULL, pid = NULL "
                    "WHERE id = ? AND status = 'STARTED'",
@@ -906,4 +1048,149 @@ json_t *ft_store_examples_get(ft_store *s, int64_t id)
     sqlite3_finalize(st);
     unlock(s);
     return out;
+}
+
+/* ---- access tokens ---- */
+
+enum ft_err ft_store_token_insert(ft_store *s, const char *name, const char *hash,
+                                  struct ft_error *err)
+{
+    lock(s);
+    int rc = exec_stmt(prep(s, "INSERT INTO tokens(name, hash, created_at) VALUES(?, ?, " NOW ")",
+                            "ss", name, hash));
+    enum ft_err e = FT_OK;
+    if (rc == SQLITE_CONSTRAINT)
+        e = ft_error_set(err, FT_ECONFLICT, "name",
+                         "token '%s' exists; revoke it first to make a new one", name);
+    else if (rc != SQLITE_DONE)
+        e = db_error(s, err, "storing the token");
+    unlock(s);
+    return e;
+}
+
+json_t *ft_store_token_list(ft_store *s)
+{
+    lock(s);
+    json_t *a = rows_json(prep(s, "SELECT name, created_at FROM tokens ORDER BY name", NULL));
+    unlock(s);
+    return a;
+}
+
+enum ft_err ft_store_token_delete(ft_store *s, const char *name, struct ft_error *err)
+{
+    lock(s);
+    int rc = exec_stmt(prep(s, "DELETE FROM tokens WHERE name = ?", "s", name));
+    enum ft_err e = FT_OK;
+    if (rc != SQLITE_DONE)
+        e = db_error(s, err, "revoking the token");
+    else if (sqlite3_changes(s->db) == 0)
+        e = ft_error_set(err, FT_ENOT_FOUND, "name", "there is no token '%s'", name);
+    unlock(s);
+    return e;
+}
+
+int64_t ft_store_token_count(ft_store *s)
+{
+    lock(s);
+    int64_t n = query_int(s, "SELECT COUNT(*) FROM tokens");
+    unlock(s);
+    return n;
+}
+
+enum ft_err ft_store_token_owner(ft_store *s, const char *hash, char owner[FT_OWNER_MAX])
+{
+    lock(s);
+    sqlite3_stmt *st = prep(s, "SELECT name FROM tokens WHERE hash = ?", "s", hash);
+    int rc = st ? sqlite3_step(st) : SQLITE_ERROR;
+    if (rc == SQLITE_ROW)
+        snprintf(owner, FT_OWNER_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    unlock(s);
+    return rc == SQLITE_ROW ? FT_OK : rc == SQLITE_DONE ? FT_ENOT_FOUND : FT_EDB;
+}
+
+/* ---- idempotency keys ---- */
+
+/* What is stored under (owner, key): FT_ENOT_FOUND when nothing (lock held). */
+static enum ft_err idem_lookup(ft_store *s, const char *owner, const char *key,
+                               const char *fingerprint, int *status, char **body,
+                               struct ft_error *err)
+{
+    json_t *r = one_json(prep(s,
+                              "SELECT fingerprint, status, response FROM idempotency "
+                              "WHERE owner = ? AND key = ?",
+                              "ss", owner, key));
+    enum ft_err e = FT_OK;
+    if (!r)
+        return FT_ENOT_FOUND;
+    json_t *st = json_object_get(r, "status");
+    if (strcmp(json_string_value(json_object_get(r, "fingerprint")), fingerprint) != 0)
+        e = ft_error_set(err, FT_EIDEMPOTENCY_KEY_REUSED, "Idempotency-Key",
+                         "the Idempotency-Key '%.200s' was already used with another request "
+                         "(method, path or body); use a new key for a new request",
+                         key);
+    else if (json_is_null(st))
+        e = ft_error_set(err, FT_ECONFLICT, "Idempotency-Key",
+                         "a request with the Idempotency-Key '%.200s' is still being processed; "
+                         "retry once it has finished",
+                         key);
+    else {
+        *status = (int)json_integer_value(st);
+        *body = strdup(json_string_value(json_object_get(r, "response")));
+        if (!*body)
+            e = ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    }
+    json_decref(r);
+    return e;
+}
+
+enum ft_err ft_store_idempotency_begin(ft_store *s, const char *owner, const char *key,
+                                       const char *fingerprint, int *status, char **body,
+                                       struct ft_error *err)
+{
+    *status = 0;
+    *body = NULL;
+    lock(s);
+    exec_stmt(prep(s,
+                   "DELETE FROM idempotency WHERE created_at < "
+                   "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')",
+                   NULL));
+    enum ft_err e = idem_lookup(s, owner, key, fingerprint, status, body, err);
+    if (e == FT_ENOT_FOUND) {
+        int rc = exec_stmt(prep(s,
+                                "INSERT INTO idempotency(owner, key, fingerprint, created_at) "
+                                "VALUES(?, ?, ?, " NOW ")",
+                                "sss", owner, key, fingerprint));
+        e = rc == SQLITE_DONE ? FT_OK : db_error(s, err, "storing the idempotency key");
+    }
+    unlock(s);
+    return e;
+}
+
+void ft_store_idempotency_finish(ft_store *s, const char *owner, const char *key, int status,
+                                 const char *body)
+{
+    lock(s);
+    exec_stmt(prep(s,
+                   "UPDATE idempotency SET status = ?, response = ? WHERE owner = ? AND key = ? "
+                   "AND status IS NULL",
+                   "isss", (int64_t)status, body, owner, key));
+    unlock(s);
+}
+
+void ft_store_idempotency_release(ft_store *s, const char *owner, const char *key)
+{
+    lock(s);
+    exec_stmt(prep(s, "DELETE FROM idempotency WHERE owner = ? AND key = ? AND status IS NULL",
+                   "ss", owner, key));
+    unlock(s);
+}
+
+int ft_store_idempotency_clear_pending(ft_store *s)
+{
+    lock(s);
+    int rc = exec_stmt(prep(s, "DELETE FROM idempotency WHERE status IS NULL", NULL));
+    int n = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
+    unlock(s);
+    return n;
 }

@@ -1,8 +1,17 @@
 /* store.h — finetunerd's state in one SQLite database (WAL) plus files beside it.
  *
- * <data_dir>/finetunerd.db          experiments, runs, run logs, per-epoch metrics, datasets
- * <data_dir>/datasets/<name>.safetensors   stored datasets (see common/dataset.h)
+ * <data_dir>/finetunerd.db          tokens, experiments, runs, run logs, per-epoch metrics,
+ *                                   datasets, idempotency keys
+ * <data_dir>/datasets/<owner hash>-<name>.safetensors   stored datasets (common/dataset.h)
  * <data_dir>/runs/<id>/model.safetensors   a run's artifact
+ *
+ * Owners: every dataset, experiment and run belongs to the user whose access token created it
+ * (the token's name; "" while the server has no tokens). Names are unique per owner, and every
+ * call that takes a name takes the owner too: another owner's things do not exist for it. The
+ * owner hash in a dataset's file name is the first 32 hex digits of SHA-256(owner).
+ *
+ * Schema: PRAGMA user_version is FT_STORE_SCHEMA_VERSION. A database made by an older
+ * finetunerd (no owners) is refused with a message saying so, rather than migrated.
  *
  * One ft_store per process (the daemon's HTTP threads and scheduler share one, serialised by a
  * mutex; each worker process opens its own). Statuses: CREATED -> STARTED -> FINISHED | FAILED,
@@ -17,9 +26,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#define FT_STORE_SCHEMA_VERSION 2
+/* Size of a buffer that holds any owner (a token name of at most 100 bytes) and its NUL. */
+#define FT_OWNER_MAX 128
+
 typedef struct ft_store ft_store;
 
-/* Open (creating the directory, database and schema when missing). Errors: FT_EIO, FT_EDB. */
+/* Open (creating the directory, database and schema when missing). Errors: FT_EIO, FT_EDB
+ * (also for a database of another schema version, with a message that says what to do). */
 enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error *err);
 void ft_store_close(ft_store *s);
 /* The data directory (borrowed). */
@@ -36,42 +50,58 @@ struct ft_dataset_info {
 };
 /* Valid names: 1-100 of [A-Za-z0-9._-], not starting with '.'. */
 int ft_store_valid_name(const char *name);
-/* Path of a dataset's file (new string). */
-char *ft_store_dataset_path(const ft_store *s, const char *name);
-/* Insert metadata. FT_ECONFLICT when the name exists. */
-enum ft_err ft_store_dataset_insert(ft_store *s, const struct ft_dataset_info *info,
-                                    struct ft_error *err);
+/* Path of owner's dataset name's file (new string). */
+char *ft_store_dataset_path(const ft_store *s, const char *owner, const char *name);
+/* Insert metadata. FT_ECONFLICT when owner has a dataset of that name. */
+enum ft_err ft_store_dataset_insert(ft_store *s, const char *owner,
+                                    const struct ft_dataset_info *info, struct ft_error *err);
 /* Dataset object or FT_ENOT_FOUND. */
-enum ft_err ft_store_dataset_get(ft_store *s, const char *name, json_t **out, struct ft_error *err);
-json_t *ft_store_dataset_list(ft_store *s);
+enum ft_err ft_store_dataset_get(ft_store *s, const char *owner, const char *name, json_t **out,
+                                 struct ft_error *err);
+/* owner's datasets, by name. */
+json_t *ft_store_dataset_list(ft_store *s, const char *owner);
 /* Delete metadata and file. FT_ENOT_FOUND; FT_ECONFLICT while a CREATED/STARTED run uses it. */
-enum ft_err ft_store_dataset_delete(ft_store *s, const char *name, struct ft_error *err);
+enum ft_err ft_store_dataset_delete(ft_store *s, const char *owner, const char *name,
+                                    struct ft_error *err);
 
 /* ---- experiments ---- */
 /* Create when missing; *created (may be NULL) says which. */
-enum ft_err ft_store_experiment_ensure(ft_store *s, const char *name, int *created,
-                                       struct ft_error *err);
-enum ft_err ft_store_experiment_get(ft_store *s, const char *name, json_t **out,
+enum ft_err ft_store_experiment_ensure(ft_store *s, const char *owner, const char *name,
+                                       int *created, struct ft_error *err);
+enum ft_err ft_store_experiment_get(ft_store *s, const char *owner, const char *name, json_t **out,
                                     struct ft_error *err);
-json_t *ft_store_experiment_list(ft_store *s);
+json_t *ft_store_experiment_list(ft_store *s, const char *owner);
 /* Delete it with its runs' rows and files. FT_ECONFLICT while one is CREATED/STARTED. */
-enum ft_err ft_store_experiment_delete(ft_store *s, const char *name, struct ft_error *err);
+enum ft_err ft_store_experiment_delete(ft_store *s, const char *owner, const char *name,
+                                       struct ft_error *err);
 
 /* ---- runs ---- */
-/* Insert a CREATED run (experiment created when missing). name NULL = "run-<n>". datasets
- * (count) are recorded so a dataset in use cannot be deleted. FT_ECONFLICT on a taken name. */
-enum ft_err ft_store_run_insert(ft_store *s, const char *experiment, const char *name,
-                                const char *description, const char *config_json,
-                                const char *const *datasets, int count, int64_t *id,
+/* A run to queue (every pointer borrowed). */
+struct ft_run_submission {
+    const char *owner;
+    const char *experiment;      /* created when missing */
+    const char *name;            /* NULL = "run-<n>" */
+    const char *description;     /* may be NULL */
+    const char *config_json;     /* the normalised config */
+    const char *const *datasets; /* the owner's datasets it reads (num_datasets), recorded so */
+    int num_datasets;            /* that a dataset in use cannot be deleted */
+    int max_queued;              /* CREATED runs the owner may have at once (0 = no limit) */
+};
+/* Insert a CREATED run, all in one transaction. FT_ECONFLICT on a taken name; FT_ETOO_MANY
+ * when the owner already has max_queued CREATED runs; FT_EINVAL when a dataset is gone. */
+enum ft_err ft_store_run_insert(ft_store *s, const struct ft_run_submission *sub, int64_t *id,
                                 struct ft_error *err);
-/* Id of run (experiment, name), FT_ENOT_FOUND naming which is missing. */
-enum ft_err ft_store_run_find(ft_store *s, const char *experiment, const char *name, int64_t *id,
-                              struct ft_error *err);
+/* Id of owner's run (experiment, name), FT_ENOT_FOUND naming which is missing. */
+enum ft_err ft_store_run_find(ft_store *s, const char *owner, const char *experiment,
+                              const char *name, int64_t *id, struct ft_error *err);
+/* The owner of run id into owner (FT_OWNER_MAX bytes). FT_ENOT_FOUND. */
+enum ft_err ft_store_run_owner(ft_store *s, int64_t id, char owner[FT_OWNER_MAX],
+                               struct ft_error *err);
 /* The run object (see the README's API table). */
 enum ft_err ft_store_run_get(ft_store *s, int64_t id, json_t **out, struct ft_error *err);
 /* {"runs": [...], "total", "limit", "offset"}, oldest first. */
-enum ft_err ft_store_run_list(ft_store *s, const char *experiment, int limit, int offset,
-                              json_t **out, struct ft_error *err);
+enum ft_err ft_store_run_list(ft_store *s, const char *owner, const char *experiment, int limit,
+                              int offset, json_t **out, struct ft_error *err);
 /* Status string into status (16 bytes); details (may be NULL) set to a new string or NULL. */
 enum ft_err ft_store_run_status(ft_store *s, int64_t id, char *status, char **details,
                                 struct ft_error *err);
@@ -91,8 +121,8 @@ void ft_store_run_set_pid(ft_store *s, int64_t id, pid_t pid);
  * status: returns FT_ECONFLICT (and changes nothing) when the run already ended. */
 enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, const char *details);
 /* STARTED -> CREATED for runs whose worker is gone (daemon start/stop), with the log line why;
- * their logs and metrics stay (the worker trims the metrics when it resumes). Returns how
- * many. */
+ * their logs and metrics stay (the worker trims the metrics when it resumes). A run whose
+ * cancel was requested ends CANCELED instead of going back to the queue. Returns how many. */
 int ft_store_runs_requeue_started(ft_store *s, const char *why);
 /* The same for one run (its worker was interrupted while the daemon runs on). */
 void ft_store_run_requeue(ft_store *s, int64_t id, const char *why);
@@ -119,5 +149,37 @@ int64_t ft_store_metrics_count(ft_store *s, int64_t id);
 /* {"before": [...], "after": [...]}: the example queries of EvaluationCallbacks with
  * gather_examples, stored as metrics of phase "examples_before" / "examples_after". */
 json_t *ft_store_examples_get(ft_store *s, int64_t id);
+
+/* ---- access tokens (server/auth.h) ---- */
+/* Store the token of name by its SHA-256 hex. FT_ECONFLICT when name has one. */
+enum ft_err ft_store_token_insert(ft_store *s, const char *name, const char *hash,
+                                  struct ft_error *err);
+/* [{"name", "created_at"}], by name (the hashes stay inside). NULL on a database error. */
+json_t *ft_store_token_list(ft_store *s);
+/* Delete name's token (what name owns stays). FT_ENOT_FOUND. */
+enum ft_err ft_store_token_delete(ft_store *s, const char *name, struct ft_error *err);
+/* How many tokens exist; -1 on a database error. */
+int64_t ft_store_token_count(ft_store *s);
+/* The name of the token whose hash is hash into owner (FT_OWNER_MAX bytes). FT_ENOT_FOUND,
+ * FT_EDB. */
+enum ft_err ft_store_token_owner(ft_store *s, const char *hash, char owner[FT_OWNER_MAX]);
+
+/* ---- idempotency keys ---- */
+/* Claim owner's key for a request whose fingerprint (a SHA-256 hex of method, path and body)
+ * is given. FT_OK with *status 0: the key is new and now in flight (end with _finish or
+ * _release). FT_OK with *status > 0: the key has a stored response: *status and *body (new
+ * string) are it. FT_ECONFLICT: the same request is still in flight. FT_EIDEMPOTENCY_KEY_REUSED:
+ * the key was used with another request. Keys are remembered for 24 hours. */
+enum ft_err ft_store_idempotency_begin(ft_store *s, const char *owner, const char *key,
+                                       const char *fingerprint, int *status, char **body,
+                                       struct ft_error *err);
+/* Store the response of an in-flight key. */
+void ft_store_idempotency_finish(ft_store *s, const char *owner, const char *key, int status,
+                                 const char *body);
+/* Forget an in-flight key (its request failed: a retry runs it again). */
+void ft_store_idempotency_release(ft_store *s, const char *owner, const char *key);
+/* Forget every in-flight key (daemon start: their requests died with the last daemon).
+ * Returns how many. */
+int ft_store_idempotency_clear_pending(ft_store *s);
 
 #endif

@@ -20,6 +20,7 @@
 struct wctx {
     ft_store *store;
     int64_t run_id;
+    char owner[FT_OWNER_MAX]; /* the run's: its datasets and start artifact are the owner's */
     struct timespec last_check;
     int canceled;
 };
@@ -65,7 +66,7 @@ static int on_canceled(void *ctx)
 }
 
 /* Load dataset name (cached in loaded[]/names[] so one file is read once). */
-static enum ft_err load_dataset(ft_store *store, const char *name, const char **names,
+static enum ft_err load_dataset(struct wctx *w, const char *name, const char **names,
                                 struct ft_dataset **loaded, int *count,
                                 const struct ft_dataset **out, struct ft_error *err)
 {
@@ -75,7 +76,7 @@ static enum ft_err load_dataset(ft_store *store, const char *name, const char **
             return FT_OK;
         }
     }
-    char *path = ft_store_dataset_path(store, name);
+    char *path = ft_store_dataset_path(w->store, w->owner, name);
     enum ft_err e = path ? ft_dataset_load(path, &loaded[*count], err) : FT_ENOMEM;
     free(path);
     if (e != FT_OK) {
@@ -88,35 +89,35 @@ static enum ft_err load_dataset(ft_store *store, const char *name, const char **
     return FT_OK;
 }
 
-static enum ft_err load_inputs(ft_store *store, const struct ft_run_config *cfg,
+static enum ft_err load_inputs(struct wctx *w, const struct ft_run_config *cfg,
                                struct ft_train_inputs *in, struct ft_dataset **loaded, int *count,
                                struct ft_error *err)
 {
     const char *names[2 + 2 * FT_MAX_EVAL_CALLBACKS];
-    enum ft_err e = load_dataset(store, cfg->train_data, names, loaded, count, &in->train, err);
+    enum ft_err e = load_dataset(w, cfg->train_data, names, loaded, count, &in->train, err);
     if (e == FT_OK && cfg->eval_data[0])
-        e = load_dataset(store, cfg->eval_data, names, loaded, count, &in->eval, err);
+        e = load_dataset(w, cfg->eval_data, names, loaded, count, &in->eval, err);
     for (int i = 0; e == FT_OK && i < cfg->callbacks.num_eval; i++) {
         const struct ft_eval_callback *cb = &cfg->callbacks.eval[i];
-        e = load_dataset(store, cb->query_data, names, loaded, count, &in->query[i], err);
+        e = load_dataset(w, cb->query_data, names, loaded, count, &in->query[i], err);
         if (e == FT_OK && cb->index_data[0])
-            e = load_dataset(store, cb->index_data, names, loaded, count, &in->index[i], err);
+            e = load_dataset(w, cb->index_data, names, loaded, count, &in->index[i], err);
     }
     return e;
 }
 
 /* The artifact file of run "EXPERIMENT/RUN" (new string in *path). */
-static enum ft_err start_artifact(ft_store *store, const char *ref, char **path,
+static enum ft_err start_artifact(struct wctx *w, const char *ref, char **path,
                                   struct ft_error *err)
 {
     char exp[FT_NAME_MAX];
     int64_t id;
     const char *slash = strchr(ref, '/');
     snprintf(exp, sizeof exp, "%.*s", slash ? (int)(slash - ref) : 0, ref);
-    if (!slash || ft_store_run_find(store, exp, slash + 1, &id, err) != FT_OK)
+    if (!slash || ft_store_run_find(w->store, w->owner, exp, slash + 1, &id, err) != FT_OK)
         return ft_error_set(err, FT_EINVAL, "config.model.artifact",
                             "the run '%s' to start from no longer exists", ref);
-    *path = ft_store_artifact_path(store, id);
+    *path = ft_store_artifact_path(w->store, id);
     return *path ? FT_OK : ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
 }
 
@@ -168,15 +169,17 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     char *artifact = ft_store_artifact_path(w->store, w->run_id);
     enum ft_err e =
         dir && artifact ? ft_store_run_config(w->store, w->run_id, &text, &err) : FT_ENOMEM;
+    if (e == FT_OK)
+        e = ft_store_run_owner(w->store, w->run_id, w->owner, &err);
     json_t *config = e == FT_OK ? json_loads(text, 0, NULL) : NULL;
     if (e == FT_OK)
         e = config ? ft_run_config_parse(config, &cfg, NULL, &err) : FT_EINTERNAL;
     if (e == FT_OK && mkdir(dir, 0755) != 0 && errno != EEXIST)
         e = ft_error_set(&err, FT_EIO, NULL, "cannot create %s: %s", dir, strerror(errno));
     if (e == FT_OK)
-        e = load_inputs(w->store, &cfg, &in, loaded, &nloaded, &err);
+        e = load_inputs(w, &cfg, &in, loaded, &nloaded, &err);
     if (e == FT_OK && cfg.model_artifact[0])
-        e = start_artifact(w->store, cfg.model_artifact, &start, &err);
+        e = start_artifact(w, cfg.model_artifact, &start, &err);
     in.start_artifact = start;
     if (e == FT_OK)
         e = prepare_resume(w, dir, &in, resume, sizeof resume, &err);

@@ -10,7 +10,9 @@
  * through a real run with its example queries fetched back; a tiny 2-epoch run followed
  * through the SSE log stream, then status, logs, metrics, artifact, list, cancel-after-end and
  * delete; cancel of a long run; the SSE parser fed byte by byte; and the CLI's exit codes,
- * error line, fit flags and examples command. Runs use 160 rows x 8 dims: well under a second.
+ * error line, fit flags and examples command; an access token set on the client or given to
+ * the CLI (--token, $FINETUNER_TOKEN) reaching a server that has tokens, and 401 without one.
+ * Runs use 160 rows x 8 dims: well under a second.
  *
  * It also includes the server's error and callback headers next to finetuner.h: the public
  * header must not clash with them. */
@@ -776,4 +778,51 @@ Test(client, cli_new_fit_flags)
     cr_assert_str_eq(json_string_value(json_object_get(hp, "loss_optimizer")), "AdamW");
     json_decref(o);
     ft_run_free(run);
+}
+
+/* ---- access tokens ---- */
+
+Test(client, a_token_from_set_token_or_the_cli_reaches_the_server)
+{
+    char alice[128], bob[128], *json = NULL;
+    cr_assert_eq(td_token(D.data_dir, "create", "alice", alice, sizeof alice), 0);
+    cr_assert_eq(td_token(D.data_dir, "create", "bob", bob, sizeof bob), 0);
+    cr_assert_eq(ft_client_health(C, NULL), 0, "health needs no token");
+    cr_assert_eq(ft_dataset_list(C, &json), -1);
+    assert_error("unauthorized", "Authorization", 401);
+    cr_assert_eq(ft_client_set_token(C, "two words"), -1);
+    cr_assert_str_eq(ft_client_error_code(C), "invalid_argument");
+    cr_assert_str_eq(ft_client_error_param(C), "token");
+    cr_assert_eq(ft_client_set_token(C, alice), 0);
+    push_tiny("tiny");
+    cr_assert_eq(ft_dataset_list(C, &json), 0, "%s", ft_client_error_message(C));
+    cr_assert_not_null(strstr(json, "\"tiny\""));
+    free(json);
+    json = NULL;
+    /* another user's client does not see alice's dataset */
+    ft_client *c2 = ft_client_new(D.base_url);
+    cr_assert_eq(ft_client_set_token(c2, bob), 0);
+    cr_assert_eq(ft_dataset_get(c2, "tiny", &json), -1);
+    cr_assert_str_eq(ft_client_error_code(c2), "not_found");
+    cr_assert_eq(ft_client_http_status(c2), 404);
+    ft_client_free(c2);
+    cr_assert_eq(ft_client_set_token(C, NULL), 0, "no token again");
+    cr_assert_eq(ft_dataset_get(C, "tiny", &json), -1);
+    assert_error("unauthorized", "Authorization", 401);
+    /* the CLI: --token, $FINETUNER_TOKEN, or a 401 error line */
+    cr_assert_eq(cli("dataset list"), 1);
+    assert_output("err", "error: unauthorized: ");
+    char args[256];
+    snprintf(args, sizeof args, "--token %s dataset list", alice);
+    cr_assert_eq(cli(args), 0);
+    assert_output("out", "tiny");
+    setenv("FINETUNER_TOKEN", alice, 1);
+    cr_assert_eq(cli("dataset list"), 0);
+    assert_output("out", "tiny");
+    snprintf(args, sizeof args, "--token=%s dataset list", bob);
+    cr_assert_eq(cli(args), 0, "the flag wins over the environment");
+    char *out = slurp("out");
+    cr_assert_null(strstr(out, "tiny"), "%s", out);
+    free(out);
+    unsetenv("FINETUNER_TOKEN");
 }

@@ -661,3 +661,19 @@ Test(dataset, map_labels)
     ft_dataset_free(a);
     ft_dataset_free(b);
 }
+
+/* Found by fuzzing (tests/fuzz/fuzz_csv.c): the error quoted the field's raw bytes, so a
+ * non-UTF-8 byte made a message no JSON string can hold, and the upload was answered 500
+ * "out of memory" instead of 400. The message is now valid UTF-8 (the bad byte as '?'). */
+Test(csv, error_quoting_invalid_utf8_is_valid_utf8)
+{
+    static const char text[] = "a,label\n1,x\n\xff\xfe,y\n2,\xc3\n";
+    struct ft_dataset *ds = NULL;
+    struct ft_error err;
+    cr_assert_eq(ft_dataset_parse_csv(text, strlen(text), &ds, &err), FT_EINVAL);
+    cr_assert_null(ds);
+    cr_assert_str_eq(err.message, "line 3, column 1: \"??\" is not a number");
+    json_t *s = json_string(err.message);
+    cr_assert_not_null(s, "the message is valid UTF-8");
+    json_decref(s);
+}

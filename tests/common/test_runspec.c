@@ -252,3 +252,26 @@ Test(runspec, artifact_and_wiseft)
                    "{\"train_data\": \"tr\"}}",
                    "config.model.options");
 }
+
+/* Found by fuzzing (tests/fuzz/fuzz_runspec.c): "config." is put before a callback's param with
+ * "%.119s", which could cut a character in two and leave a param that no JSON string (and so
+ * no 400 body) can hold. The cut byte is now '?'. */
+Test(runspec, prefixed_param_cut_inside_a_character_is_valid_utf8)
+{
+    struct ft_run_config c;
+    struct ft_error err;
+    char key[128], text[512];
+    memset(key, 'h', 97); /* "callbacks[0].options." is 21 bytes: the cut falls after 0xc3 */
+    memcpy(key + 97, "\xc3\xa9xyz", 6);
+    snprintf(text, sizeof text,
+             MINIMAL ", \"callbacks\": [{\"name\": \"EvaluationCallback\", \"options\": "
+                     "{\"query_data\": \"tr\", \"%s\": 1}}]}",
+             key);
+    cr_assert_eq(parse(text, &c, NULL, &err), FT_EINVAL);
+    cr_assert_eq(strncmp(err.param, "config.callbacks[0].options.hhh", 31), 0, "%s", err.param);
+    cr_assert_eq(strlen(err.param), 7 + 119);
+    cr_assert_eq(err.param[125], '?');
+    json_t *p = json_string(err.param);
+    cr_assert_not_null(p, "the param is valid UTF-8");
+    json_decref(p);
+}

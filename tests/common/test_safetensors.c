@@ -398,3 +398,22 @@ Test(safetensors, readable_by_python_safetensors)
              tmp_path("py.safetensors"));
     cr_assert_eq(system(cmd), 0, "python safetensors could not read the file");
 }
+
+/* Found by fuzzing (tests/fuzz/fuzz_safetensors.c): jansson's parse error quotes the input
+ * near the error, bytes and all; the message must still be valid UTF-8 for a JSON body. */
+Test(safetensors, header_error_with_invalid_utf8_is_valid_utf8)
+{
+    size_t len;
+    /* the parser stops at the escape "\<0xde>": its error text holds a lone lead byte */
+    unsigned char *file = make_file("{\"__metadata__\":{\"k\":\"\\\xde\x82\"}}", NULL, 0, &len);
+    ft_safetensors *st = NULL;
+    struct ft_error err;
+    cr_assert_eq(ft_safetensors_parse(file, len, &st, &err), FT_EINVAL);
+    cr_assert_null(st);
+    cr_assert_str_eq(err.message,
+                     "safetensors header is not valid JSON: invalid escape near '\"\\?'");
+    json_t *s = json_string(err.message);
+    cr_assert_not_null(s, "the message is valid UTF-8");
+    json_decref(s);
+    free(file);
+}

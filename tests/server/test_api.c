@@ -991,3 +991,28 @@ Test(api, hostile_paths_types_and_sizes)
     expect_error("GET", "/api/v1/datasets/big", NULL, 404, "not_found", "dataset");
     finish();
 }
+
+/* Found by fuzzing (tests/fuzz/fuzz_router.c, fuzz_csv.c): an error message that quoted bytes
+ * from the request which are not UTF-8 (a CSV field, the method, the path, or a path cut by
+ * "%.200s" inside a character) could not become a JSON string, and the answer was 500
+ * "out_of_memory" with the real error lost. Each is now its own error, the bytes as '?'. */
+Test(api, errors_quoting_non_utf8_request_bytes)
+{
+    struct ft_http_response resp;
+    char path[260];
+    request("PUT", "/api/v1/datasets/bytes", "text/csv", "a,label\n1,x\n\xff,y\n", &resp);
+    check_error(&resp, 400, "invalid_argument", "body");
+    cr_assert_str_eq(E.msg, "line 3, column 1: \"?\" is not a number");
+    expect_error("GET", "/api/v1/\xff\xfe", NULL, 404, "not_found", "path");
+    cr_assert(strstr(E.msg, "/api/v1/??"), "%s", E.msg);
+    expect_error("\xff", "/api/v1/health", NULL, 405, "method_not_allowed", "method");
+    cr_assert(strncmp(E.msg, "? is not allowed", 16) == 0, "%s", E.msg);
+    /* 199 bytes, then a 2-byte character that "%.200s" cuts after its first byte */
+    memset(path, 'a', sizeof path);
+    memcpy(path, "/x/", 3);
+    memcpy(path + 199, "\xc3\xa9", 2);
+    path[201] = '\0';
+    expect_error("GET", path, NULL, 404, "not_found", "path");
+    cr_assert(strstr(E.msg, "aaa? (see GET"), "%s", E.msg);
+    finish();
+}

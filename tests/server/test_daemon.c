@@ -4,9 +4,12 @@
  * and uploads small Fashion-MNIST subsets (t10k rows, as CSV). Covered: health, 404/405/413
  * over the wire, an IDX multipart upload of the real t10k files, a full 2-epoch run with all
  * three callbacks (status, metrics, logs, artifact, SSE log stream), the queue and cancel
- * lifecycle with the one worker busy, and a worker killed with SIGKILL. Small data and
- * model (600 rows, batch 64, hidden [64, 32]) keep the whole file well under a minute on 2
- * cores. */
+ * lifecycle with the one worker busy, and a worker killed with SIGKILL; --max-queued-runs'
+ * 429 and a canceled queued run freeing its place (the next run starting as soon as the one
+ * worker is free); a non-loopback --host refused without tokens, served with
+ * --insecure-no-auth or a token, tokens made and revoked by `finetunerd token` while the
+ * daemon runs. Small data and model (600 rows, batch 64, hidden [64, 32]) keep each test to
+ * seconds on 2 cores. */
 #include "dataset.h"
 #include "safetensors.h"
 #include "support/daemon.h"
@@ -573,8 +576,8 @@ Test(daemon, a_run_starts_from_an_earlier_artifact_with_wise_ft)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *body = q(bad[i][0]);
-        cr_assert_eq(th_request("POST", td_url(&D, "/experiments/e/runs"), "application/json",
-                                body, strlen(body), 10, &r),
+        cr_assert_eq(th_request("POST", td_url(&D, "/experiments/e/runs"), "application/json", body,
+                                strlen(body), 10, &r),
                      0);
         free(body);
         cr_assert_eq(r.status, 400, "%s: %ld %s", bad[i][0], r.status, r.body);
@@ -586,8 +589,7 @@ Test(daemon, a_run_starts_from_an_earlier_artifact_with_wise_ft)
 Test(daemon, training_checkpoints_are_listed_and_downloadable)
 {
     upload_fmnist("fm-train", 0, 600);
-    submit_run("ck", 2, NULL,
-               "[{'name': 'TrainingCheckpoint', 'options': {'last_k_epochs': 1}}]");
+    submit_run("ck", 2, NULL, "[{'name': 'TrainingCheckpoint', 'options': {'last_k_epochs': 1}}]");
     wait_status("ck", "FINISHED", 120);
     json_t *list = call("GET", "/experiments/e/runs/ck/checkpoints", NULL, 200);
     json_t *cks = json_object_get(list, "checkpoints");
@@ -595,8 +597,7 @@ Test(daemon, training_checkpoints_are_listed_and_downloadable)
     cr_assert_eq(json_integer_value(json_object_get(json_array_get(cks, 0), "epoch")), 2);
     json_decref(list);
     size_t len;
-    char *file = get_text("/experiments/e/runs/ck/checkpoints/2", "application/octet-stream",
-                          &len);
+    char *file = get_text("/experiments/e/runs/ck/checkpoints/2", "application/octet-stream", &len);
     ft_safetensors *st;
     struct ft_error err;
     struct ft_tensor_view v;
@@ -682,8 +683,8 @@ static void interrupt_and_resume(int sig)
         const char *keys[] = {"train_loss", "val_loss", "mlp_average_precision"};
         for (int k = 0; k < 3; k++)
             cr_assert_float_eq(json_number_value(json_object_get(x, keys[k])),
-                               json_number_value(json_object_get(y, keys[k])), 1e-9,
-                               "epoch %zu %s", i + 1, keys[k]);
+                               json_number_value(json_object_get(y, keys[k])), 1e-9, "epoch %zu %s",
+                               i + 1, keys[k]);
     }
     json_decref(a);
     json_decref(b);
@@ -733,22 +734,216 @@ Test(daemon, percent_encoded_nul_in_a_name_is_rejected, .timeout = 60)
     struct th_response r;
     td_daemon_start(&d, NULL);
     const char csv[] = "label,a\nx,1\ny,2\n";
-    cr_assert_eq(th_request("PUT", td_url(&d, "/datasets/victim"), "text/csv", csv,
-                            sizeof csv - 1, 5, &r),
-                 0);
+    cr_assert_eq(
+        th_request("PUT", td_url(&d, "/datasets/victim"), "text/csv", csv, sizeof csv - 1, 5, &r),
+        0);
     cr_assert_eq(r.status, 201, "%s", r.body);
     th_response_free(&r);
-    cr_assert_eq(th_request("DELETE", td_url(&d, "/datasets/victim%00..%2Fother"), NULL, NULL, 0,
-                            5, &r),
-                 0);
+    cr_assert_eq(
+        th_request("DELETE", td_url(&d, "/datasets/victim%00..%2Fother"), NULL, NULL, 0, 5, &r), 0);
     cr_assert_eq(r.status, 404, "the decoded '/' makes it another path: %ld %s", r.status, r.body);
     th_response_free(&r);
-    cr_assert_eq(th_request("DELETE", td_url(&d, "/datasets/victim%00x"), NULL, NULL, 0, 5, &r),
-                 0);
+    cr_assert_eq(th_request("DELETE", td_url(&d, "/datasets/victim%00x"), NULL, NULL, 0, 5, &r), 0);
     cr_assert_eq(r.status, 400, "%ld %s", r.status, r.body);
     th_response_free(&r);
     cr_assert_eq(th_request("GET", td_url(&d, "/datasets/victim"), NULL, NULL, 0, 5, &r), 0);
     cr_assert_eq(r.status, 200, "victim is still there");
+    th_response_free(&r);
+    td_daemon_stop(&d);
+}
+
+/* ---- the queue limit and a canceled queued run (--workers 1) ---- */
+
+static void start_queue_daemon(void)
+{
+    static const char *const args[] = {"--workers", "1", "--max-queued-runs", "2", NULL};
+    td_daemon_start(&D, args);
+}
+
+TestSuite(queue_limit, .init = start_queue_daemon, .fini = stop_daemon, .timeout = 120);
+
+/* POST a 2-epoch run name; returns the HTTP status (the body is checked for 429). */
+static long try_submit(const char *name)
+{
+    struct th_response r;
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"name\": \"%s\", \"config\": {\"model\": {\"name\": \"mlp\", \"options\": "
+             "{\"hidden_sizes\": [64, 32]}}, \"data\": {\"train_data\": \"fm-train\"}, "
+             "\"hyper_parameters\": {\"epochs\": 2, \"batch_size\": 64}}}",
+             name);
+    cr_assert_eq(th_post_json(td_url(&D, "/experiments/e/runs"), body, &r), 0, "%s", r.error);
+    long status = r.status;
+    if (status == 429) {
+        json_t *o = th_json(&r);
+        json_t *e = json_object_get(o, "error");
+        cr_assert_str_eq(json_string_value(json_object_get(e, "code")), "too_many_requests");
+        cr_assert(json_is_null(json_object_get(e, "param")));
+        cr_assert(strstr(json_string_value(json_object_get(e, "message")), "--max-queued-runs"));
+        json_decref(o);
+    }
+    th_response_free(&r);
+    return status;
+}
+
+Test(queue_limit, a_canceled_queued_run_frees_its_place_and_the_next_one_starts)
+{
+    upload_fmnist("fm-train", 0, 600);
+    submit_run("long", 10000, NULL, "[]");
+    wait_status("long", "STARTED", 20);
+    cr_assert_eq(try_submit("b"), 201);
+    cr_assert_eq(try_submit("c"), 201);
+    cr_assert_eq(try_submit("d"), 429, "two runs queued: the limit");
+    /* canceling the queued b ends it at once and frees its place at once */
+    json_t *o = call("POST", "/experiments/e/runs/b/cancel", NULL, 200);
+    cr_assert_str_eq(json_string_value(json_object_get(o, "status")), "CANCELED");
+    json_decref(o);
+    cr_assert_eq(try_submit("d"), 201);
+    /* the one worker frees up: c starts next, promptly, and b never does */
+    json_decref(call("POST", "/experiments/e/runs/long/cancel", NULL, 200));
+    wait_status("long", "CANCELED", 10);
+    double took = wait_status("c", "STARTED", 10);
+    cr_assert_lt(took, 3.0, "c waited %.1f s after the slot freed", took);
+    o = call("GET", "/experiments/e/runs/b", NULL, 200);
+    cr_assert_str_eq(json_string_value(json_object_get(o, "status")), "CANCELED");
+    cr_assert(json_is_null(json_object_get(o, "started_at")), "b never started");
+    json_decref(o);
+    wait_status("c", "FINISHED", 60);
+    wait_status("d", "FINISHED", 60);
+}
+
+/* ---- exposure: a non-loopback host needs tokens ---- */
+
+TestSuite(exposure, .timeout = 60);
+
+/* GET path on d with Authorization "token <token>" (token NULL = none); the status. */
+static long get_as(const struct td_daemon *d, const char *path, const char *token)
+{
+    struct th_response r;
+    char auth[128];
+    const char *headers[] = {auth, NULL};
+    snprintf(auth, sizeof auth, "Authorization: token %s", token ? token : "");
+    cr_assert_eq(
+        th_request_headers("GET", td_url(d, path), token ? headers : NULL, NULL, NULL, 0, 10, &r),
+        0, "%s", r.error);
+    long status = r.status;
+    if (status == 401) {
+        json_t *o = th_json(&r);
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(o, "error"), "code")),
+                         "unauthorized");
+        json_decref(o);
+    }
+    th_response_free(&r);
+    return status;
+}
+
+Test(exposure, a_non_loopback_host_without_tokens_is_refused)
+{
+    char dir[] = "/tmp/ft-test-exposure-XXXXXX", cmd[2048], err[128], line[512] = "";
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(err, sizeof err, "%s/stderr", dir);
+    snprintf(cmd, sizeof cmd, "timeout 20 %s --host 0.0.0.0 --port 0 --data-dir %s/data 2>%s",
+             daemon_binary(), dir, err);
+    int rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "exit status %d (124: it served)", rc);
+    FILE *f = fopen(err, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(line, 1, sizeof line - 1, f);
+    line[n] = '\0';
+    fclose(f);
+    cr_assert(strstr(line, "token create") && strstr(line, "--insecure-no-auth"), "%s", line);
+    td_remove_tree(dir);
+}
+
+Test(exposure, with_insecure_no_auth_it_serves_and_tokens_made_meanwhile_count)
+{
+    struct td_daemon d;
+    char token[128];
+    static const char *const args[] = {"--host", "0.0.0.0", "--insecure-no-auth", NULL};
+    td_daemon_start(&d, args);
+    cr_assert_eq(get_as(&d, "/datasets", NULL), 200, "no tokens: open");
+    /* a token made by the CLI while the daemon runs takes effect at once */
+    cr_assert_eq(td_token(d.data_dir, "create", "alice", token, sizeof token), 0);
+    cr_assert_eq(strlen(token), 64, "%s", token);
+    cr_assert_eq(get_as(&d, "/datasets", NULL), 401);
+    cr_assert_eq(get_as(&d, "/datasets", token), 200);
+    cr_assert_eq(get_as(&d, "/health", NULL), 200);
+    /* an upload without a token is refused (its body is drained, not kept) */
+    struct th_response r;
+    const char csv[] = "label,a\nx,1\ny,2\n";
+    cr_assert_eq(
+        th_request("PUT", td_url(&d, "/datasets/x"), "text/csv", csv, sizeof csv - 1, 10, &r), 0);
+    cr_assert_eq(r.status, 401, "%ld %s", r.status, r.body);
+    th_response_free(&r);
+    cr_assert_eq(td_token(d.data_dir, "list", NULL, token, sizeof token), 0);
+    cr_assert(strncmp(token, "alice\t", 6) == 0, "%s", token);
+    cr_assert_eq(td_token(d.data_dir, "revoke", "alice", NULL, 0), 0);
+    cr_assert_eq(get_as(&d, "/datasets", NULL), 200, "open again: --insecure-no-auth");
+    td_daemon_stop(&d);
+}
+
+Test(exposure, a_non_loopback_host_with_a_token_serves_only_with_it)
+{
+    struct td_daemon d;
+    char dir[] = "/tmp/ft-test-exposure-XXXXXX", data[64], token[128];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(data, sizeof data, "%s/data", dir);
+    cr_assert_eq(td_token(data, "create", "alice", token, sizeof token), 0);
+    const char *const args[] = {"--host", "0.0.0.0", "--data-dir", data, NULL};
+    td_daemon_start(&d, args); /* the later --data-dir wins */
+    cr_assert_eq(get_as(&d, "/experiments", NULL), 401);
+    cr_assert_eq(get_as(&d, "/experiments", token), 200);
+    /* revoking the last token closes the API rather than opening it */
+    cr_assert_eq(td_token(data, "revoke", "alice", NULL, 0), 0);
+    cr_assert_eq(get_as(&d, "/experiments", NULL), 401);
+    cr_assert_eq(get_as(&d, "/health", NULL), 200);
+    td_daemon_stop(&d);
+    td_remove_tree(dir);
+}
+
+/* Found by fuzzing (tests/fuzz/fuzz_multipart.c): libmicrohttpd hands the part collector a
+ * NULL name for a part whose Content-Disposition has no name=, and strcmp(NULL) killed the
+ * daemon with SIGSEGV — one request from any client. Now it is a 400 and the daemon serves
+ * on. */
+Test(daemon, multipart_part_without_a_name_or_with_a_long_one_is_400, .timeout = 60)
+{
+    static const char body[] = "--XyZ\r\n"
+                               "Content-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n"
+                               "\r\n"
+                               "a,label\n\r\n"
+                               "--XyZ\r\n"
+                               "Content-Dispositionfo: rm-data; filename=\"b\"\r\n"
+                               "\r\n"
+                               "1,x\n2,y\n\r\n"
+                               "--XyZ--\r\n";
+    struct td_daemon d;
+    struct th_response r;
+    td_daemon_start(&d, NULL);
+    for (int first_nameless = 0; first_nameless < 2; first_nameless++) {
+        /* the nameless part after a named one, then alone */
+        const char *b = first_nameless ? strstr(body + 1, "--XyZ") : body;
+        cr_assert_eq(th_request("PUT", td_url(&d, "/datasets/x?format=csv"),
+                                "multipart/form-data; boundary=XyZ", b, strlen(b), 10, &r),
+                     0, "the daemon answers: %s", r.error);
+        cr_assert_eq(r.status, 400, "%ld %s", r.status, r.body);
+        check_error_body(&r, "invalid_argument", "body");
+        th_response_free(&r);
+    }
+    /* a name longer than a part name holds (63 bytes) was cut, so two such names became two
+     * parts of one name: now it is refused the same way */
+    char named[512];
+    snprintf(named, sizeof named,
+             "--XyZ\r\nContent-Disposition: form-data; name=\"%064d\"\r\n\r\na,label\n1,x\n2,y\n"
+             "\r\n--XyZ--\r\n",
+             0);
+    cr_assert_eq(th_request("PUT", td_url(&d, "/datasets/x?format=csv"),
+                            "multipart/form-data; boundary=XyZ", named, strlen(named), 10, &r),
+                 0, "%s", r.error);
+    cr_assert_eq(r.status, 400, "%ld %s", r.status, r.body);
+    check_error_body(&r, "invalid_argument", "body");
+    th_response_free(&r);
+    cr_assert_eq(th_request("GET", td_url(&d, "/health"), NULL, NULL, 0, 5, &r), 0);
+    cr_assert_eq(r.status, 200, "the daemon still serves");
     th_response_free(&r);
     td_daemon_stop(&d);
 }

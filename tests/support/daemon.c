@@ -203,6 +203,25 @@ int td_daemon_children(const struct td_daemon *d, pid_t *pids, int cap)
     return n;
 }
 
+int td_token(const char *data_dir, const char *sub, const char *name, char *out, size_t cap)
+{
+    char exe[512], cmd[1500], line[256] = "";
+    binary_path(exe, sizeof exe);
+    snprintf(cmd, sizeof cmd, "%s --log-level error --data-dir '%s' token %s %s 2>/dev/null", exe,
+             data_dir, sub, name ? name : "");
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    if (fgets(line, sizeof line, p))
+        line[strcspn(line, "\n")] = '\0';
+    while (fgetc(p) != EOF)
+        ;
+    int st = pclose(p);
+    if (out)
+        snprintf(out, cap, "%s", line);
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;

@@ -33,6 +33,11 @@ const char *td_url(const struct td_daemon *d, const char *path);
  * /proc/<pid>/task/<tid>/children, into pids (cap entries); returns how many. */
 int td_daemon_children(const struct td_daemon *d, pid_t *pids, int cap);
 
+/* Run `finetunerd --data-dir data_dir token SUB [NAME]` (the binary td_daemon_start runs;
+ * name NULL = none, stderr discarded) and put the first line it prints, without the newline,
+ * into out (cap bytes; may be NULL). Returns its exit code (-1 when it could not run). */
+int td_token(const char *data_dir, const char *sub, const char *name, char *out, size_t cap);
+
 /* Remove a directory tree (nftw). Returns 0 or -1. */
 int td_remove_tree(const char *path);
 
