@@ -138,22 +138,27 @@ void ft_dataset_free(struct ft_dataset *ds)
         free(ds->label_names[i]);
     free(ds->label_names);
     free(ds->x);
+    free(ds->x8);
     free(ds->labels);
     free(ds);
 }
 
-/* A new dataset with room for n rows of dim features (x and labels allocated, no labels). */
-static struct ft_dataset *dataset_alloc(int64_t n, int dim)
+/* A new dataset with room for n rows of dim features (labels and x allocated, or x8 when
+ * compact; no labels yet). */
+static struct ft_dataset *dataset_alloc(int64_t n, int dim, int compact)
 {
     struct ft_dataset *ds = calloc(1, sizeof *ds);
     if (!ds)
         return NULL;
-    size_t rows = n > 0 ? (size_t)n : 1;
+    size_t rows = n > 0 ? (size_t)n : 1, values = rows * (size_t)(dim > 0 ? dim : 1);
     ds->n = n;
     ds->dim = dim;
-    ds->x = malloc(rows * (size_t)(dim > 0 ? dim : 1) * sizeof *ds->x);
+    if (compact)
+        ds->x8 = malloc(values);
+    else
+        ds->x = malloc(values * sizeof *ds->x);
     ds->labels = malloc(rows * sizeof *ds->labels);
-    if (!ds->x || !ds->labels) {
+    if ((!ds->x && !ds->x8) || !ds->labels) {
         ft_dataset_free(ds);
         return NULL;
     }
@@ -355,7 +360,7 @@ static enum ft_err idx_build(const struct idx_images *im, const unsigned char *r
                              struct ft_dataset **out, struct ft_error *err)
 {
     int dim = (int)(im->rows * im->cols);
-    struct ft_dataset *ds = dataset_alloc(im->n, dim);
+    struct ft_dataset *ds = dataset_alloc(im->n, dim, 0);
     if (!ds)
         return ft_error_set(err, FT_ENOMEM, "images", "images: out of memory");
     size_t total = (size_t)im->n * (size_t)dim;
@@ -726,6 +731,106 @@ enum ft_err ft_dataset_parse_csv(const char *buf, size_t len, struct ft_dataset 
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Compact store: pixel bytes p, value p / 255.0f */
+
+/* bytes (n * dim) = the pixel of each value of ds->x; 0 when ds has no image shape or some
+ * value is not exactly p / 255.0f (bitwise: -0.0 is not a pixel). */
+static int to_pixels(const struct ft_dataset *ds, uint8_t *bytes)
+{
+    float tab[256]; /* the IDX parser's pixel / 255.0f */
+    size_t count = (size_t)ds->n * (size_t)ds->dim;
+    if (!ds->x || ds->image_shape[0] <= 0)
+        return 0;
+    for (int p = 0; p < 256; p++)
+        tab[p] = p / 255.0f;
+    for (size_t i = 0; i < count; i++) {
+        float v = ds->x[i];
+        if (!(v >= 0.0f && v <= 1.0f))
+            return 0;
+        int p = (int)(v * 255.0f + 0.5f);
+        uint32_t a, b;
+        memcpy(&a, &v, sizeof a);
+        memcpy(&b, &tab[p], sizeof b);
+        if (a != b)
+            return 0;
+        bytes[i] = (uint8_t)p;
+    }
+    return 1;
+}
+
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+
+/* dst[k] = b[k] / 255.0f for k < n - n % 16, sixteen at a time (exact int -> float, one
+ * correctly rounded division: the scalar values); returns how many were done. */
+static size_t bytes_to_floats16(float *dst, const uint8_t *b, size_t n)
+{
+    const __m128i zero = _mm_setzero_si128();
+    const __m128 d = _mm_set1_ps(255.0f);
+    size_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(b + k));
+        __m128i lo = _mm_unpacklo_epi8(v, zero), hi = _mm_unpackhi_epi8(v, zero);
+        __m128i w[4] = {_mm_unpacklo_epi16(lo, zero), _mm_unpackhi_epi16(lo, zero),
+                        _mm_unpacklo_epi16(hi, zero), _mm_unpackhi_epi16(hi, zero)};
+        for (int q = 0; q < 4; q++)
+            _mm_storeu_ps(dst + k + 4 * q, _mm_div_ps(_mm_cvtepi32_ps(w[q]), d));
+    }
+    return k;
+}
+#else
+static size_t bytes_to_floats16(float *dst, const uint8_t *b, size_t n)
+{
+    (void)dst, (void)b, (void)n;
+    return 0;
+}
+#endif
+
+void ft_dataset_row(const struct ft_dataset *ds, int64_t row, float *dst)
+{
+    size_t dim = (size_t)ds->dim;
+    if (!ds->x8) {
+        memcpy(dst, ds->x + (size_t)row * dim, dim * sizeof *dst);
+        return;
+    }
+    const uint8_t *b = ds->x8 + (size_t)row * dim;
+    for (size_t k = bytes_to_floats16(dst, b, dim); k < dim; k++)
+        dst[k] = (float)b[k] / 255.0f;
+}
+
+int ft_dataset_compact(struct ft_dataset *ds)
+{
+    if (ds->x8)
+        return 1;
+    size_t count = (size_t)ds->n * (size_t)ds->dim;
+    uint8_t *bytes = malloc(count ? count : 1);
+    if (!bytes || !to_pixels(ds, bytes)) {
+        free(bytes);
+        return 0;
+    }
+    free(ds->x);
+    ds->x = NULL;
+    ds->x8 = bytes;
+    return 1;
+}
+
+enum ft_err ft_dataset_expand(struct ft_dataset *ds)
+{
+    if (!ds->x8)
+        return FT_OK;
+    size_t count = (size_t)ds->n * (size_t)ds->dim;
+    float *x = malloc((count ? count : 1) * sizeof *x);
+    if (!x)
+        return FT_ENOMEM;
+    for (int64_t i = 0; i < ds->n; i++)
+        ft_dataset_row(ds, i, x + (size_t)i * (size_t)ds->dim);
+    free(ds->x8);
+    ds->x8 = NULL;
+    ds->x = x;
+    return FT_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
  * Stored form (safetensors) */
 
 /* Metadata {"image_shape": "C,H,W" or "", "label_names": "[...]"} of ds. New reference. */
@@ -754,7 +859,8 @@ static enum ft_err save_metadata(const struct ft_dataset *ds, json_t **out, stru
 static enum ft_err check_dataset(const struct ft_dataset *ds, struct ft_error *err)
 {
     if (!ds || ds->n < 0 || ds->dim <= 0 || ds->num_labels < 0 ||
-        (ds->n > 0 && (!ds->x || !ds->labels)) || (ds->num_labels > 0 && !ds->label_names))
+        (ds->n > 0 && ((!ds->x && !ds->x8) || !ds->labels)) ||
+        (ds->num_labels > 0 && !ds->label_names))
         return ft_error_set(err, FT_EINVAL, "dataset", "dataset is empty or malformed");
     for (int64_t i = 0; i < ds->n; i++)
         if (ds->labels[i] < 0 || ds->labels[i] >= ds->num_labels)
@@ -771,12 +877,21 @@ enum ft_err ft_dataset_save(const struct ft_dataset *ds, const char *path, struc
         rc = save_metadata(ds, &metadata, err);
     if (rc != FT_OK)
         return rc;
+    size_t count = (size_t)ds->n * (size_t)ds->dim;
+    uint8_t *bytes = ds->x8 ? NULL : malloc(count ? count : 1);
+    const void *x8 = ds->x8 ? ds->x8 : bytes && to_pixels(ds, bytes) ? bytes : NULL;
     struct ft_tensor_view views[2] = {
         {.name = "x", .dtype = "F32", .ndim = 2, .shape = {ds->n, ds->dim}, .data = ds->x},
         {.name = "labels", .dtype = "I32", .ndim = 1, .shape = {ds->n}, .data = ds->labels},
     };
+    if (x8) {
+        views[0].dtype = "U8";
+        views[0].data = x8;
+        json_object_set_new(metadata, "scale", json_string("1/255"));
+    }
     rc = ft_safetensors_write(path, views, 2, metadata, err);
     json_decref(metadata);
+    free(bytes);
     return rc;
 }
 
@@ -823,13 +938,18 @@ static enum ft_err load_label_names(struct ft_dataset *ds, const char *text, str
     return rc;
 }
 
-/* The "x" (n, dim) F32 and "labels" (n) I32 tensors of st, checked. */
+/* The "x" (n, dim) F32 (or U8 with metadata scale "1/255") and "labels" (n) I32 tensors of st,
+ * checked. */
 static enum ft_err load_views(const ft_safetensors *st, struct ft_tensor_view *x,
                               struct ft_tensor_view *labels, struct ft_error *err)
 {
-    if (ft_safetensors_get(st, "x", x) < 0 || strcmp(x->dtype, "F32") || x->ndim != 2 ||
-        x->shape[1] <= 0 || x->shape[1] > INT_MAX)
-        return ft_error_set(err, FT_EINVAL, "x", "dataset needs an \"x\" F32 tensor (n, dim)");
+    const char *scale = json_string_value(json_object_get(ft_safetensors_metadata(st), "scale"));
+    if (ft_safetensors_get(st, "x", x) < 0 || x->ndim != 2 || x->shape[1] <= 0 ||
+        x->shape[1] > INT_MAX ||
+        (strcmp(x->dtype, "F32") && (strcmp(x->dtype, "U8") || !scale || strcmp(scale, "1/255"))))
+        return ft_error_set(err, FT_EINVAL, "x",
+                            "dataset needs an \"x\" F32 tensor (n, dim), or U8 with metadata "
+                            "scale \"1/255\"");
     if (ft_safetensors_get(st, "labels", labels) < 0 || strcmp(labels->dtype, "I32") ||
         labels->ndim != 1 || labels->shape[0] != x->shape[0])
         return ft_error_set(err, FT_EINVAL, "labels",
@@ -838,8 +958,30 @@ static enum ft_err load_views(const ft_safetensors *st, struct ft_tensor_view *x
     return FT_OK;
 }
 
+/* The rows of the "x" view into a new dataset of n rows: bytes kept (compact) or as floats. */
+static struct ft_dataset *load_rows(const struct ft_tensor_view *x, int compact)
+{
+    int64_t n = x->shape[0];
+    int dim = (int)x->shape[1];
+    size_t count = (size_t)n * (size_t)dim;
+    int bytes = strcmp(x->dtype, "U8") == 0;
+    struct ft_dataset *ds = dataset_alloc(n, dim, bytes && compact);
+    if (!ds)
+        return NULL;
+    if (bytes && compact) {
+        memcpy(ds->x8, x->data, count);
+    } else if (bytes) {
+        struct ft_dataset view = {.n = n, .dim = dim, .x8 = (uint8_t *)x->data};
+        for (int64_t i = 0; i < n; i++)
+            ft_dataset_row(&view, i, ds->x + (size_t)i * (size_t)dim);
+    } else {
+        memcpy(ds->x, x->data, count * sizeof *ds->x);
+    }
+    return ds;
+}
+
 /* Build the dataset from an opened file. */
-static enum ft_err load_dataset(const ft_safetensors *st, struct ft_dataset **out,
+static enum ft_err load_dataset(const ft_safetensors *st, int compact, struct ft_dataset **out,
                                 struct ft_error *err)
 {
     struct ft_tensor_view x, labels;
@@ -847,10 +989,9 @@ static enum ft_err load_dataset(const ft_safetensors *st, struct ft_dataset **ou
     if (rc != FT_OK)
         return rc;
     json_t *md = ft_safetensors_metadata(st);
-    struct ft_dataset *ds = dataset_alloc(x.shape[0], (int)x.shape[1]);
+    struct ft_dataset *ds = load_rows(&x, compact);
     if (!ds)
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
-    memcpy(ds->x, x.data, (size_t)ds->n * (size_t)ds->dim * sizeof *ds->x);
     memcpy(ds->labels, labels.data, (size_t)ds->n * sizeof *ds->labels);
     rc = load_label_names(ds, json_string_value(json_object_get(md, "label_names")), err);
     const char *shape = json_string_value(json_object_get(md, "image_shape"));
@@ -869,15 +1010,26 @@ static enum ft_err load_dataset(const ft_safetensors *st, struct ft_dataset **ou
     return rc;
 }
 
-enum ft_err ft_dataset_load(const char *path, struct ft_dataset **out, struct ft_error *err)
+static enum ft_err load_file(const char *path, int compact, struct ft_dataset **out,
+                             struct ft_error *err)
 {
     ft_safetensors *st = NULL;
     *out = NULL;
     enum ft_err rc = ft_safetensors_open(path, &st, err);
     if (rc == FT_OK)
-        rc = load_dataset(st, out, err);
+        rc = load_dataset(st, compact, out, err);
     ft_safetensors_free(st);
     return rc;
+}
+
+enum ft_err ft_dataset_load(const char *path, struct ft_dataset **out, struct ft_error *err)
+{
+    return load_file(path, 0, out, err);
+}
+
+enum ft_err ft_dataset_load_compact(const char *path, struct ft_dataset **out, struct ft_error *err)
+{
+    return load_file(path, 1, out, err);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -901,7 +1053,7 @@ static int copy_label_names(struct ft_dataset *dst, const struct ft_dataset *src
 struct ft_dataset *ft_dataset_subset(const struct ft_dataset *ds, const int64_t *idx, int64_t count)
 {
     FT_ASSERT(ds && count >= 0 && (count == 0 || idx));
-    struct ft_dataset *out = dataset_alloc(count, ds->dim);
+    struct ft_dataset *out = dataset_alloc(count, ds->dim, ds->x8 != NULL);
     if (!out || copy_label_names(out, ds) < 0) {
         ft_dataset_free(out);
         return NULL;
@@ -909,7 +1061,10 @@ struct ft_dataset *ft_dataset_subset(const struct ft_dataset *ds, const int64_t 
     size_t row = (size_t)ds->dim;
     for (int64_t i = 0; i < count; i++) {
         FT_ASSERT(idx[i] >= 0 && idx[i] < ds->n);
-        memcpy(out->x + (size_t)i * row, ds->x + (size_t)idx[i] * row, row * sizeof *out->x);
+        if (ds->x8)
+            memcpy(out->x8 + (size_t)i * row, ds->x8 + (size_t)idx[i] * row, row);
+        else
+            memcpy(out->x + (size_t)i * row, ds->x + (size_t)idx[i] * row, row * sizeof *out->x);
         out->labels[i] = ds->labels[idx[i]];
     }
     memcpy(out->image_shape, ds->image_shape, sizeof out->image_shape);

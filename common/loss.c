@@ -18,12 +18,17 @@
  * normalisation); pair losses and pair miners work on a (B, B) selection mask in O(B^2);
  * TripletMarginLoss keeps the sorted sweep and enumerates triplets (O(B P N)) only for swap,
  * smooth_loss and BatchHardMiner. CLIPLoss and ArcFaceLoss are two sgemms and a softmax each.
- * The object owns its scratch (grown to the largest batch seen) and ArcFace's W and gradient.
+ * The object owns its scratch (grown to the largest batch seen, so that training steps after
+ * the first allocate nothing) and ArcFace's W and gradient.
  *
  * Distances (see loss.h): cosine d = 1 - <n_i, n_j>; euclidean d = sqrt(|x_i|^2 + |x_j|^2 -
  * 2 <x_i, x_j>). Near pairs (d^2 < NEAR (|x_i|^2 + |x_j|^2)) lose digits to cancellation, so
  * their distance is recomputed from the difference vector and their gradient
  * (x_i - x_j) / d is applied directly rather than through the sgemm; d = 0 gives gradient 0.
+ * Those recomputations are a sequential double sum per pair; with AVX, 16 pairs go at once
+ * (one pair per vector lane, from a transposed double copy of the batch), four pairs at once
+ * without: the same operations in the same order, so the same distances. (A collapsed batch,
+ * as batch-hard training often starts, has every pair near.)
  * Miner rule with m = d(a,n) - d(a,p): all m <= margin, hard m <= 0, semihard 0 < m <= margin,
  * easy m > margin; a kept triplet's loss is max(0, margin_loss - m). */
 #include "loss.h"
@@ -48,8 +53,11 @@ struct work {
     float *sq;     /* (B) |x_i|^2 */
     float *dist;   /* (B, B) distance matrix */
     float *dd;     /* (B, B) dL/dD, then the symmetric backward weights */
+    double *xt;    /* (D, xt_ld(B)) x transposed in double for exact distances (euclidean) */
+    int xt_ready;  /* xt holds this batch */
     int nonfinite; /* some distance is NaN or infinite */
     size_t cap_x, cap_norms, cap_sq, cap_dist, cap_dd; /* allocated floats of each buffer */
+    size_t cap_xt;                                     /* allocated doubles of xt */
 };
 
 /* Keep a triplet when lo < m <= hi, m = d(a,n) - d(a,p). */
@@ -98,11 +106,29 @@ static void work_free(struct work *w)
     free(w->sq);
     free(w->dist);
     free(w->dd);
+    free(w->xt);
     memset(w, 0, sizeof *w);
 }
 
 /* Make *p hold at least n floats (old contents dropped); 0 on ENOMEM (*p is then NULL). */
 static int reserve(float **p, size_t *cap, size_t n)
+{
+    if (*p && n <= *cap)
+        return 1;
+    free(*p);
+    *p = malloc((n ? n : 1) * sizeof **p);
+    *cap = *p ? n : 0;
+    return *p != NULL;
+}
+
+/* Leading dimension of xt: B rounded up to 4, plus 16 so a block of 16 columns starting at any
+ * multiple of 4 below B stays inside. */
+static int xt_ld(int B)
+{
+    return (B + 3) / 4 * 4 + 16;
+}
+
+static int reserve_doubles(double **p, size_t *cap, size_t n)
 {
     if (*p && n <= *cap)
         return 1;
@@ -122,9 +148,11 @@ static int work_reserve(struct work *w, int B, int D, int euclidean, int normali
     w->euclidean = euclidean;
     w->normalize = !euclidean || normalize;
     w->nonfinite = 0;
+    w->xt_ready = 0;
     return reserve(&w->x, &w->cap_x, (size_t)B * D) && reserve(&w->norms, &w->cap_norms, B) &&
            reserve(&w->sq, &w->cap_sq, B) && reserve(&w->dist, &w->cap_dist, bb) &&
-           reserve(&w->dd, &w->cap_dd, bb);
+           reserve(&w->dd, &w->cap_dd, bb) &&
+           (!w->euclidean || reserve_doubles(&w->xt, &w->cap_xt, (size_t)D * xt_ld(B)));
 }
 
 /* Allocate the scratch; returns 0 on ENOMEM (w is then freed). dd is zeroed. */
@@ -162,22 +190,147 @@ enum pair_op {
     OP_EUCLID_W, /* S_ij = (dd_ij + dd_ji) / d_ij, mirrored; near pairs applied to gx, S = 0 */
 };
 
-static void pair_dist(struct work *w, int i, int j)
+static void set_dist(struct work *w, int i, int j, float d)
 {
-    size_t ij = (size_t)i * w->B + j, ji = (size_t)j * w->B + i;
-    float d;
-    if (!w->euclidean) {
-        d = 1.0f - w->dist[ij];
-    } else {
-        float d2 = w->sq[i] + w->sq[j] - 2.0f * w->dist[ij];
-        d = sqrtf(d2 > 0.0f ? d2 : 0.0f);
-        if (is_near(w, i, j, d))
-            d = exact_dist(w, i, j);
-    }
     if (!isfinite(d))
         w->nonfinite = 1;
-    w->dist[ij] = d;
-    w->dist[ji] = d;
+    w->dist[(size_t)i * w->B + j] = d;
+    w->dist[(size_t)j * w->B + i] = d;
+}
+
+/* exact_dist of (i, js[c]) for the count columns js into out, four pairs at a time: each pair
+ * keeps its own sequential double sum, the very operations of exact_dist, and the four
+ * independent sums overlap (one sum alone waits on its adds). */
+static void exact_dists_scalar(const struct work *w, int i, const int *js, int count, float *out)
+{
+    const float *xi = w->x + (size_t)i * w->D;
+    int c = 0;
+    for (; c + 4 <= count; c += 4) {
+        const float *a = w->x + (size_t)js[c] * w->D, *b = w->x + (size_t)js[c + 1] * w->D;
+        const float *e = w->x + (size_t)js[c + 2] * w->D, *f = w->x + (size_t)js[c + 3] * w->D;
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+        for (int k = 0; k < w->D; k++) {
+            double q = xi[k], t0 = q - a[k], t1 = q - b[k], t2 = q - e[k], t3 = q - f[k];
+            s0 += t0 * t0;
+            s1 += t1 * t1;
+            s2 += t2 * t2;
+            s3 += t3 * t3;
+        }
+        out[c] = (float)sqrt(s0);
+        out[c + 1] = (float)sqrt(s1);
+        out[c + 2] = (float)sqrt(s2);
+        out[c + 3] = (float)sqrt(s3);
+    }
+    for (; c < count; c++)
+        out[c] = exact_dist(w, i, js[c]);
+}
+
+/* w->xt = x transposed in double, zero-padded to xt_ld(B) columns. */
+static void make_xt(struct work *w)
+{
+    int ld = xt_ld(w->B);
+    for (int k = 0; k < w->D; k++) {
+        double *row = w->xt + (size_t)k * ld;
+        for (int j = 0; j < w->B; j++)
+            row[j] = w->x[(size_t)j * w->D + k];
+        for (int j = w->B; j < ld; j++)
+            row[j] = 0.0;
+    }
+    w->xt_ready = 1;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* exact_dist of (i, c + l) for the 16 columns l = 0..15 into out, from xt (D, ld): each lane is
+ * one pair's sequential double sum (the operations of exact_dist, no FMA), four pairs a vector. */
+__attribute__((target("avx"))) static void exact16_avx(const double *xt, int ld, int D, int i,
+                                                       int c, float *out)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    for (int k = 0; k < D; k++) {
+        const double *row = xt + (size_t)k * ld;
+        __m256d q = _mm256_broadcast_sd(row + i);
+        __m256d t0 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c));
+        __m256d t1 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c + 4));
+        __m256d t2 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c + 8));
+        __m256d t3 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c + 12));
+        s0 = _mm256_add_pd(s0, _mm256_mul_pd(t0, t0));
+        s1 = _mm256_add_pd(s1, _mm256_mul_pd(t1, t1));
+        s2 = _mm256_add_pd(s2, _mm256_mul_pd(t2, t2));
+        s3 = _mm256_add_pd(s3, _mm256_mul_pd(t3, t3));
+    }
+    double s[16];
+    _mm256_storeu_pd(s, s0);
+    _mm256_storeu_pd(s + 4, s1);
+    _mm256_storeu_pd(s + 8, s2);
+    _mm256_storeu_pd(s + 12, s3);
+    for (int l = 0; l < 16; l++)
+        out[l] = (float)sqrt(s[l]);
+}
+
+static int have_avx(void)
+{
+    return __builtin_cpu_supports("avx");
+}
+#else
+static void exact16_avx(const double *xt, int ld, int D, int i, int c, float *out)
+{
+    (void)xt, (void)ld, (void)D, (void)i, (void)c, (void)out;
+    FT_ASSERT(0);
+}
+
+static int have_avx(void)
+{
+    return 0;
+}
+#endif
+
+/* exact_dist of (i, js[c]) for the count columns js (ascending) into out. */
+static void exact_dists(struct work *w, int i, const int *js, int count, float *out)
+{
+    if (count == 0)
+        return;
+    if (!have_avx()) {
+        exact_dists_scalar(w, i, js, count, out);
+        return;
+    }
+    if (!w->xt_ready)
+        make_xt(w);
+    float block[16];
+    int start = -1; /* first column of the block in block[] */
+    for (int c = 0; c < count; c++) {
+        if (start < 0 || js[c] >= start + 16) {
+            start = js[c] / 4 * 4;
+            exact16_avx(w->xt, xt_ld(w->B), w->D, i, start, block);
+        }
+        out[c] = block[js[c] - start];
+    }
+}
+
+/* Distances of pairs (i, j) for j in [j0, j1) from the Gram matrix, mirrored; near pairs are
+ * recomputed from their difference vectors. At most 64 columns. */
+static void dist_row(struct work *w, int i, int j0, int j1)
+{
+    int near[64], nn = 0;
+    float exact[64];
+    FT_ASSERT(j1 - j0 <= 64);
+    for (int j = j0; j < j1; j++) {
+        float g = w->dist[(size_t)i * w->B + j];
+        if (!w->euclidean) {
+            set_dist(w, i, j, 1.0f - g);
+            continue;
+        }
+        float d2 = w->sq[i] + w->sq[j] - 2.0f * g;
+        float d = sqrtf(d2 > 0.0f ? d2 : 0.0f);
+        if (is_near(w, i, j, d))
+            near[nn++] = j;
+        else
+            set_dist(w, i, j, d);
+    }
+    exact_dists(w, i, near, nn, exact);
+    for (int c = 0; c < nn; c++)
+        set_dist(w, i, near[c], exact[c]);
 }
 
 /* gx_i += c (x_i - x_j), gx_j -= c (x_i - x_j): a near pair's gradient, applied directly. */
@@ -218,13 +371,13 @@ static void tiled_pairs(struct work *w, enum pair_op op, float *gx)
         int i1 = i0 + TILE < B ? i0 + TILE : B;
         for (int j0 = i0; j0 < B; j0 += TILE) {
             int j1 = j0 + TILE < B ? j0 + TILE : B;
-            for (int i = i0; i < i1; i++)
-                for (int j = j0 > i + 1 ? j0 : i + 1; j < j1; j++) {
-                    if (op == OP_DIST)
-                        pair_dist(w, i, j);
-                    else
-                        pair_weight(w, gx, i, j);
-                }
+            for (int i = i0; i < i1; i++) {
+                int jlo = j0 > i + 1 ? j0 : i + 1;
+                if (op == OP_DIST && jlo < j1)
+                    dist_row(w, i, jlo, j1);
+                for (int j = jlo; op != OP_DIST && j < j1; j++)
+                    pair_weight(w, gx, i, j);
+            }
         }
     }
     float *m = op == OP_DIST ? w->dist : w->dd;
@@ -239,14 +392,15 @@ static void compute_dist(struct work *w, const float *emb)
         ft_l2_normalize_forward(w->x, w->norms, emb, B, D);
     else
         memcpy(w->x, emb, (size_t)B * D * sizeof *emb);
-    for (int i = 0; i < B; i++) {
-        const float *xi = w->x + (size_t)i * D;
-        double s = 0.0;
-        for (int k = 0; k < D; k++)
-            s += (double)xi[k] * xi[k];
-        w->sq[i] = (float)s;
-        if (!isfinite(w->sq[i]))
-            w->nonfinite = 1;
+    for (int i0 = 0; i0 < B; i0 += 64) {
+        double ss[64];
+        int nb = B - i0 < 64 ? B - i0 : 64;
+        ft_sum_squares(ss, w->x + (size_t)i0 * D, nb, D);
+        for (int r = 0; r < nb; r++) {
+            w->sq[i0 + r] = (float)ss[r];
+            if (!isfinite(w->sq[i0 + r]))
+                w->nonfinite = 1;
+        }
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, 1.0f, w->x, D, w->x, D, 0.0f,
                 w->dist, B);
@@ -414,22 +568,17 @@ static void anchor_pass(struct tally *t, float *dd_row, struct anchor_scratch *s
     }
 }
 
-/* Loop over anchors; dd (B, B) gets the raw counts when non-NULL. Returns 0 on ENOMEM. */
-static int triplet_pass(struct tally *t, float *dd, const struct work *w, const int32_t *labels,
-                        const struct ft_triplet_opts *o)
+/* Loop over anchors; dd (B, B) gets the raw counts when non-NULL. s: scratch for B anchors. */
+static void triplet_pass(struct tally *t, float *dd, const struct work *w, const int32_t *labels,
+                         const struct ft_triplet_opts *o, struct anchor_scratch *s)
 {
     int B = w->B;
-    struct anchor_scratch s;
-    if (!scratch_alloc(&s, B))
-        return 0;
     struct miner_bounds mb = miner_bounds(o);
     memset(t, 0, sizeof *t);
     for (int a = 0; a < B; a++) {
         float *dd_row = dd ? dd + (size_t)a * B : NULL;
-        anchor_pass(t, dd_row, &s, w->dist + (size_t)a * B, labels, a, B, mb, (float)o->margin);
+        anchor_pass(t, dd_row, s, w->dist + (size_t)a * B, labels, a, B, mb, (float)o->margin);
     }
-    scratch_free(&s);
-    return 1;
 }
 
 /* Cosine: dL/dx = -S x with S = dd + dd^T (d = 1 - <x_i, x_j>). */
@@ -493,10 +642,13 @@ static enum ft_err loss_core(float *loss, float *demb, struct tally *t, const fl
         work_free(&w);
         return FT_OK;
     }
-    if (!triplet_pass(t, demb ? w.dd : NULL, &w, labels, opts)) {
+    struct anchor_scratch s;
+    if (!scratch_alloc(&s, B)) {
         work_free(&w);
         return FT_ENOMEM;
     }
+    triplet_pass(t, demb ? w.dd : NULL, &w, labels, opts, &s);
+    scratch_free(&s);
     if (t->nonzero > 0) {
         *loss = (float)(t->loss / (double)t->nonzero);
         if (demb) {
@@ -1234,9 +1386,24 @@ static void triplet_enumerate(struct tally *t, float *dd, const struct work *w,
     }
 }
 
+/* The sorted sweep's per-anchor scratch for B anchors, in the loss's slots (kept between
+ * calls, so a training step does not allocate). -1 on ENOMEM. */
+static int triplet_scratch(ft_loss *l, int B, struct anchor_scratch *s)
+{
+    size_t n = (size_t)B;
+    s->keys = slot(l, 0, n * sizeof *s->keys);
+    s->tmp = slot(l, 1, n * sizeof *s->tmp);
+    s->pkeys = slot(l, 2, n * sizeof *s->pkeys);
+    s->v = slot(l, 3, n * sizeof *s->v);
+    s->prefix = slot(l, 4, (n + 1) * sizeof *s->prefix);
+    s->diff = slot(l, 5, (n + 1) * sizeof *s->diff);
+    return s->keys && s->tmp && s->pkeys && s->v && s->prefix && s->diff ? 0 : -1;
+}
+
 static enum ft_err triplet_compute(ft_loss *l, const float *emb, const int32_t *labels, int B,
                                    int D, float *loss, float *demb, struct ft_loss_stats *st)
 {
+    struct anchor_scratch sc;
     struct ft_triplet_opts o = triplet_opts_of(&l->cfg);
     struct triplet_mode m = {l->cfg.swap, l->cfg.smooth, l->cfg.miner == MINER_BATCH_HARD};
     struct work *w = &l->work;
@@ -1250,7 +1417,9 @@ static enum ft_err triplet_compute(ft_loss *l, const float *emb, const int32_t *
     float *dd = demb ? w->dd : NULL;
     if (m.swap || m.smooth || m.batch_hard)
         triplet_enumerate(&t, dd, w, labels, &o, &m);
-    else if (!triplet_pass(&t, dd, w, labels, &o))
+    else if (triplet_scratch(l, B, &sc) == 0)
+        triplet_pass(&t, dd, w, labels, &o, &sc);
+    else
         return FT_ENOMEM;
     st->num_triplets = t.kept;
     st->num_nonzero = t.nonzero;

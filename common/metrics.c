@@ -7,11 +7,18 @@
  *     in double from that dot and norms precomputed in double per document:
  *       cosine dot / (|q| |d|) (0 when either norm is 0), (sq)euclidean
  *       -(|q|^2 + |d|^2 - 2 dot), inner_product dot.
- *     A bounded heap keeps a pool of the best k + k/4 + 16 candidates (score desc, id asc).
+ *     The pool keeps the best k + k/4 + 16 candidates (score desc, then id, then row): a
+ *     buffer of candidates cut back to the pool size by quickselect whenever it fills, the
+ *     worst kept one then being the bar to pass; a float screening value per candidate
+ *     (see "screening filter") skips, without the double score, those certainly below it,
+ *     and a guess of the bar from the previous query screens the row first (fill_pool). The
+ *     pool is the same set of candidates, whatever the order they came in.
  *  2. Refinement: the pool is rescored exactly in double from the float32 embeddings (dot
  *     products, or the direct sum of (q_i - d_i)^2 for euclidean; float products are exact
  *     in double) and sorted; its first k are the ranking. This gives the float64 reference
- *     ranking unless the float32 screening error exceeds the margin of the pool.
+ *     ranking unless the float32 screening error exceeds the margin of the pool. Only the
+ *     pool's k best by screening score and those within twice the screening error of the
+ *     k-th are rescored: the others cannot reach the top k.
  * Exact ties are broken by id, so bitwise-equal vectors must get bitwise-equal scores in both
  * passes. BLAS micro-kernels round the same column differently at different positions, so
  * bitwise-equal index vectors are found once (hash + memcmp) and every duplicate column
@@ -28,9 +35,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Floats of the per-block dot-product buffer (32 MiB) and the most queries in one block. */
+/* Floats of the per-block dot-product buffer (32 MiB at most) and the most queries in one block
+ * (64: a block's dot products of a 10,000-row index, 2.5 MiB, are still in cache when the
+ * scan reads them). */
 #define DOT_BUDGET (8 * 1024 * 1024)
-#define MAX_BLOCK 256
+#define MAX_BLOCK 64
 
 static const char *const metric_names[FT_NUM_METRICS] = {
 #define X(id, name) name,
@@ -126,7 +135,7 @@ static int find_duplicates(const float *emb, int64_t n, int dim, int64_t *rep)
     return 0;
 }
 
-/* ---- top-k heap ------------------------------------------------------------------------- */
+/* ---- the pool: the best candidates of a query ------------------------------------------ */
 
 struct hit {
     double score;
@@ -134,56 +143,43 @@ struct hit {
     int64_t row; /* index row */
 };
 
-/* 1 when a ranks before b: score descending, ties by smaller id. */
+/* 1 when a ranks before b: score descending, ties by smaller id, then by smaller row (only
+ * when an index repeats an id; the row order is the order a scan meets them). A strict total
+ * order, so "the best m" is one set whatever order the candidates come in. */
 static int ranks_before(const struct hit *a, const struct hit *b)
 {
     if (a->score != b->score)
         return a->score > b->score;
-    return a->id < b->id;
+    if (a->id != b->id)
+        return a->id < b->id;
+    return a->row < b->row;
 }
 
-/* Min-heap on rank: h[0] is the worst kept hit. */
-static void heap_sift_down(struct hit *h, int n, int i)
+/* Reorder h (n) so that its m best (1 <= m <= n) come first, h[m - 1] the worst of them
+ * (Hoare quickselect on ranks_before). */
+static void select_best(struct hit *h, int n, int m)
 {
-    for (;;) {
-        int w = i;
-        int l = 2 * i + 1;
-        int r = l + 1;
-        if (l < n && ranks_before(&h[w], &h[l]))
-            w = l;
-        if (r < n && ranks_before(&h[w], &h[r]))
-            w = r;
-        if (w == i)
-            return;
-        struct hit t = h[i];
-        h[i] = h[w];
-        h[w] = t;
-        i = w;
-    }
-}
-
-static void heap_sift_up(struct hit *h, int i)
-{
-    while (i > 0) {
-        int p = (i - 1) / 2;
-        if (!ranks_before(&h[p], &h[i]))
-            return;
-        struct hit t = h[i];
-        h[i] = h[p];
-        h[p] = t;
-        i = p;
-    }
-}
-
-/* Offer c to the heap h of *n entries (capacity cap). */
-static void heap_offer(struct hit *h, int *n, int cap, const struct hit *c)
-{
-    if (*n < cap) {
-        h[*n] = *c;
-        heap_sift_up(h, (*n)++);
-    } else if (ranks_before(c, &h[0])) {
-        h[0] = *c;
-        heap_sift_down(h, *n, 0);
+    int lo = 0, hi = n - 1, want = m - 1;
+    while (lo < hi) {
+        struct hit pivot = h[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (ranks_before(&h[i], &pivot))
+                i++;
+            while (ranks_before(&pivot, &h[j]))
+                j--;
+            if (i <= j) {
+                struct hit t = h[i];
+                h[i++] = h[j];
+                h[j--] = t;
+            }
+        }
+        if (want <= j)
+            hi = j;
+        else if (want >= i)
+            lo = i;
+        else
+            break;
     }
 }
 
@@ -233,12 +229,18 @@ static void query_metrics(const unsigned char *rel, int n_ret, int64_t R, int k,
 
 /* ---- the whole evaluation --------------------------------------------------------------- */
 
+struct id_row {
+    int64_t id, row;
+};
+
 struct eval_ctx {
     const struct ft_eval_set *q, *d;
     int dim, k, exclude;
     int heap_cap; /* screening pool: min(n_index, k + k/4 + 16) */
+    int buf_cap;  /* candidates buffered before they are cut back to heap_cap */
     enum ft_score score;
     double *qsq, *dsq; /* squared norms (double) */
+    double *qn, *dn;   /* their square roots, the norms (cosine) */
     int64_t *rep;      /* duplicate representative per index row */
     int64_t *dups;     /* rows with rep != row */
     int64_t ndups;
@@ -246,10 +248,18 @@ struct eval_ctx {
     int32_t num_labels;
     double *idcg;       /* (heap_cap + 1) */
     float *dots;        /* (block, n_index) */
-    struct hit *heap;   /* (heap_cap) */
+    struct hit *heap;   /* (buf_cap) the pool's buffer */
     unsigned char *rel; /* (heap_cap) */
     int64_t *top_ids;   /* ft_retrieval_topk: (nq, k) outputs, else NULL */
     double *top_scores;
+    /* screening filter (see scan_row): used when every norm is finite and moderate */
+    int filter;
+    float *key;           /* (n_index) cosine: 1/|d| (0 for |d| = 0); inner product: 1;
+                             (sq)euclidean: |d|^2 */
+    double max_dsq;       /* largest |d|^2 */
+    struct id_row *by_id; /* (n_index) index rows sorted by id, then row (exclusion lookup) */
+    int has_guess;        /* guess: a guess of the next pool's worst score (fill_pool) */
+    double guess, gap;
 };
 
 static void sq_norms(const float *emb, int64_t n, int dim, double *out)
@@ -263,11 +273,12 @@ static void sq_norms(const float *emb, int64_t n, int dim, double *out)
     }
 }
 
-static double pair_score(const struct eval_ctx *c, float dot, double qsq, int64_t j)
+static double pair_score(const struct eval_ctx *c, float dot, int64_t qi, int64_t j)
 {
     double s;
+    double qsq = c->qsq[qi];
     if (c->score == FT_SCORE_COSINE) {
-        double den = sqrt(qsq) * sqrt(c->dsq[j]);
+        double den = c->qn[qi] * c->dn[j];
         s = den > 0 ? (double)dot / den : 0.0;
     } else if (c->score == FT_SCORE_INNER_PRODUCT) {
         s = dot;
@@ -293,18 +304,85 @@ static double exact_score(const struct eval_ctx *c, int64_t qi, int64_t j)
     for (int i = 0; i < c->dim; i++)
         acc += (double)q[i] * (double)d[i];
     if (c->score == FT_SCORE_COSINE) {
-        double den = sqrt(c->qsq[qi]) * sqrt(c->dsq[j]);
+        double den = c->qn[qi] * c->dn[j];
         acc = den > 0 ? acc / den : 0.0;
     }
     return isnan(acc) ? -INFINITY : acc;
 }
 
-/* Rescore the pool h (n) exactly and sort it best first. */
-static void refine_pool(const struct eval_ctx *c, int64_t qi, struct hit *h, int n)
+/* exact_score of query qi and the rows of h[0..4): the same per-pair operations, four pairs
+ * interleaved (each keeps its own sequential sum). */
+static void exact_scores4(const struct eval_ctx *c, int64_t qi, struct hit *h)
 {
-    for (int i = 0; i < n; i++)
+    const float *q = c->q->emb + (size_t)qi * c->dim, *d[4];
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int euclid = c->score == FT_SCORE_EUCLIDEAN || c->score == FT_SCORE_SQEUCLIDEAN;
+    for (int r = 0; r < 4; r++)
+        d[r] = c->d->emb + (size_t)h[r].row * c->dim;
+    for (int i = 0; i < c->dim; i++) {
+        double qv = q[i];
+        if (euclid) {
+            double t0 = qv - (double)d[0][i], t1 = qv - (double)d[1][i];
+            double t2 = qv - (double)d[2][i], t3 = qv - (double)d[3][i];
+            acc[0] += t0 * t0, acc[1] += t1 * t1, acc[2] += t2 * t2, acc[3] += t3 * t3;
+        } else {
+            acc[0] += qv * (double)d[0][i], acc[1] += qv * (double)d[1][i];
+            acc[2] += qv * (double)d[2][i], acc[3] += qv * (double)d[3][i];
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        double a = acc[r];
+        if (euclid) {
+            h[r].score = isnan(a) ? -INFINITY : -a;
+            continue;
+        }
+        if (c->score == FT_SCORE_COSINE) {
+            double den = c->qn[qi] * c->dn[h[r].row];
+            a = den > 0 ? a / den : 0.0;
+        }
+        h[r].score = isnan(a) ? -INFINITY : a;
+    }
+}
+
+/* A bound on |screening score - exact score| for query qi: a float dot product of dim terms
+ * in any order (FMA or not) is within (dim + 2) 2^-24 |q| |d| of the real one; the double
+ * sums and divisions add far less than the 1e-13 (|q|^2 + |d|^2) allowed for them. */
+static double score_error(const struct eval_ctx *c, int64_t qi)
+{
+    double g = 1.01 * (c->dim + 2) * 0x1p-24;
+    if (c->score == FT_SCORE_COSINE)
+        return g + 1e-13;
+    double qd = c->qn[qi] * sqrt(c->max_dsq);
+    double dbl = 1e-13 * (c->qsq[qi] + c->max_dsq);
+    return c->score == FT_SCORE_INNER_PRODUCT ? g * qd + dbl : 2.0 * g * qd + dbl;
+}
+
+/* Rescore the pool h (n) exactly and sort it best first; returns how many entries are sorted
+ * (at least min(n, k)). Only the k best by screening score and those within twice the
+ * screening error of the k-th can be among the k best by exact score, so (with the filter's
+ * finite norms) only they are rescored. */
+static int refine_pool(const struct eval_ctx *c, int64_t qi, struct hit *h, int n)
+{
+    int m = n;
+    if (c->filter && n > c->k) {
+        select_best(h, n, c->k);
+        double bar = h[c->k - 1].score - 2.2 * score_error(c, qi);
+        m = c->k;
+        for (int i = c->k; i < n; i++) {
+            if (!(h[i].score >= bar))
+                continue;
+            struct hit t = h[m];
+            h[m++] = h[i];
+            h[i] = t;
+        }
+    }
+    int i = 0;
+    for (; i + 4 <= m; i += 4)
+        exact_scores4(c, qi, h + i);
+    for (; i < m; i++)
         h[i].score = exact_score(c, qi, h[i].row);
-    qsort(h, (size_t)n, sizeof *h, cmp_rank);
+    qsort(h, (size_t)m, sizeof *h, cmp_rank);
+    return m;
 }
 
 static int is_relevant(int32_t qlabel, int32_t dlabel)
@@ -312,23 +390,214 @@ static int is_relevant(int32_t qlabel, int32_t dlabel)
     return qlabel >= 0 && qlabel == dlabel;
 }
 
+/* ---- screening filter ----
+ * Once the pool has been cut back, a candidate enters only if it ranks before the worst kept
+ * hit, so its score must be >= that hit's score h. A float "screening value" per candidate,
+ * compared with one threshold per query, skips most candidates without the double score:
+ *   cosine         v = dot * (1/|d|)      vs  h |q|        (v within 2.5e-7 |v| of s |q|)
+ *   inner product  v = dot                vs  h            (exact)
+ *   (sq)euclidean  v = 2 dot - |d|^2      vs  h + |q|^2    (within 1.2e-7 (2|q||d| + |d|^2))
+ * The threshold is lowered by 1e-5 of those magnitudes (plus 1e-30), far beyond the float
+ * error, so a skipped candidate always scores below h and could not be among the best: the
+ * pool (and the metrics) are exactly those of offering every candidate. The filter is used
+ * only when every squared norm is finite and within [1e-30, 1e30] (or 0). */
+
+static int is_euclid(enum ft_score s)
+{
+    return s == FT_SCORE_EUCLIDEAN || s == FT_SCORE_SQEUCLIDEAN;
+}
+
+static float screen_threshold(const struct eval_ctx *c, int64_t qi, double h)
+{
+    double t, margin;
+    if (is_euclid(c->score)) {
+        t = h + c->qsq[qi];
+        margin = 1e-5 * (2.0 * sqrt(c->qsq[qi] * c->max_dsq) + c->max_dsq + fabs(t));
+    } else {
+        t = c->score == FT_SCORE_COSINE ? h * c->qn[qi] : h;
+        margin = 1e-5 * fabs(t);
+    }
+    return (float)(t - margin - 1e-30);
+}
+
+static float screen_value(float dot, float key, int euclid)
+{
+    return euclid ? (dot + dot) - key : dot * key;
+}
+
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+
+/* The first j' >= j with a screening value >= tlo in blocks of 8 (SSE2); j' or the end of the
+ * blocks. */
+static int64_t next_block(const float *dots, const float *key, int euclid, int64_t j, int64_t n,
+                          float tlo)
+{
+    const __m128 t = _mm_set1_ps(tlo);
+    for (; j + 8 <= n; j += 8) {
+        __m128 a = _mm_loadu_ps(dots + j), b = _mm_loadu_ps(dots + j + 4);
+        __m128 ka = _mm_loadu_ps(key + j), kb = _mm_loadu_ps(key + j + 4);
+        __m128 va = euclid ? _mm_sub_ps(_mm_add_ps(a, a), ka) : _mm_mul_ps(a, ka);
+        __m128 vb = euclid ? _mm_sub_ps(_mm_add_ps(b, b), kb) : _mm_mul_ps(b, kb);
+        int m = _mm_movemask_ps(_mm_cmpge_ps(va, t)) | _mm_movemask_ps(_mm_cmpge_ps(vb, t)) << 4;
+        if (m)
+            return j + __builtin_ctz((unsigned)m);
+    }
+    return j;
+}
+#else
+static int64_t next_block(const float *dots, const float *key, int euclid, int64_t j, int64_t n,
+                          float tlo)
+{
+    (void)dots, (void)key, (void)euclid, (void)n, (void)tlo;
+    return j;
+}
+#endif
+
+/* The first candidate j' >= j that passes the screen, or n. */
+static int64_t next_candidate(const struct eval_ctx *c, const float *dots, int64_t j, float tlo)
+{
+    int64_t n = c->d->n;
+    int euclid = is_euclid(c->score);
+    j = next_block(dots, c->key, euclid, j, n, tlo);
+    while (j < n && !(screen_value(dots[j], c->key[j], euclid) >= tlo))
+        j++;
+    return j;
+}
+
+/* One query's pool being filled. */
+struct pool {
+    int n;       /* candidates in c->heap */
+    int has_bar; /* the pool has been cut back: bar is its worst kept hit */
+    struct hit bar;
+    int screen; /* tlo is in force (filter only) */
+    float tlo;  /* screening threshold: of the bar, or of est */
+    int spec;   /* speculating: candidates scoring below est are dropped */
+    double est;
+    int64_t nspec; /* candidates met scoring >= est */
+};
+
+/* Cut the buffer back to the pool size; the worst kept hit becomes the bar. */
+static void cut_back(struct eval_ctx *c, int64_t qi, struct pool *p)
+{
+    select_best(c->heap, p->n, c->heap_cap);
+    p->n = c->heap_cap;
+    p->bar = c->heap[c->heap_cap - 1];
+    p->has_bar = 1;
+    p->screen = c->filter;
+    if (c->filter)
+        p->tlo = screen_threshold(c, qi, p->bar.score);
+}
+
+/* Offer index row j to query qi's pool (not when it is the query itself). */
+static void offer(struct eval_ctx *c, int64_t qi, int64_t j, float dot, struct pool *p)
+{
+    if (c->exclude && c->d->ids[j] == c->q->ids[qi])
+        return;
+    struct hit h = {pair_score(c, dot, qi, j), c->d->ids[j], j};
+    if (p->spec && !(h.score >= p->est))
+        return;
+    p->nspec += p->spec;
+    if (p->has_bar && !ranks_before(&h, &p->bar))
+        return;
+    c->heap[p->n++] = h;
+    if (p->n == c->buf_cap)
+        cut_back(c, qi, p);
+}
+
+/* Offer every candidate of the row that passes the screen. */
+static void scan_row(struct eval_ctx *c, int64_t qi, const float *dots, struct pool *p)
+{
+    int64_t nd = c->d->n;
+    for (int64_t j = 0; j < nd; j++) {
+        if (p->screen)
+            j = next_candidate(c, dots, j, p->tlo);
+        if (j < nd)
+            offer(c, qi, j, dots[j], p);
+    }
+    if (p->n > c->heap_cap)
+        cut_back(c, qi, p);
+}
+
+/* The next query's guess of its pool's worst score: this pool's worst minus gap times its
+ * spread (the gap adapts: it doubles after a failed guess and shrinks while guesses let many
+ * more candidates through than the pool holds). */
+static void update_guess(struct eval_ctx *c, int n)
+{
+    double worst = INFINITY, best = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        worst = c->heap[i].score < worst ? c->heap[i].score : worst;
+        best = c->heap[i].score > best ? c->heap[i].score : best;
+    }
+    c->has_guess = n == c->heap_cap && isfinite(worst) && isfinite(best);
+    c->guess = worst - c->gap * (best - worst);
+}
+
+/* The pool of query qi from its row of dot products: its best min(heap_cap, candidates)
+ * candidates in c->heap[0 .. returned count), in no particular order. With the filter, a guess
+ * of the pool's worst score (from the previous query) screens the row first; when fewer than
+ * heap_cap candidates score at least the guess, the row is scanned again without it. Either
+ * way the pool is the best heap_cap of all candidates. */
+static int fill_pool(struct eval_ctx *c, int64_t qi, const float *dots)
+{
+    struct pool p = {0};
+    if (c->filter && c->has_guess) {
+        p.spec = p.screen = 1;
+        p.est = c->guess;
+        p.tlo = screen_threshold(c, qi, p.est);
+        scan_row(c, qi, dots, &p);
+        if (p.nspec >= c->heap_cap) {
+            c->gap = p.nspec > 4 * c->heap_cap && c->gap > 0.01 ? c->gap * 0.8 : c->gap;
+            update_guess(c, p.n);
+            return p.n;
+        }
+        c->gap = c->gap < 64 ? c->gap * 2 : c->gap;
+        memset(&p, 0, sizeof p);
+    }
+    scan_row(c, qi, dots, &p);
+    if (c->filter)
+        update_guess(c, p.n);
+    return p.n;
+}
+
+static int cmp_id_row(const void *a, const void *b)
+{
+    const struct id_row *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id < y->id ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* Relevant index documents of query qi: those of its label, minus the excluded ones (the index
+ * rows with the query's id, found in by_id). */
+static int64_t relevant_count(const struct eval_ctx *c, int64_t qi)
+{
+    int64_t qid = c->q->ids[qi];
+    int32_t ql = c->q->labels[qi];
+    int64_t R = (ql >= 0 && ql < c->num_labels) ? c->label_count[ql] : 0;
+    if (!c->exclude)
+        return R;
+    const struct id_row *by_id = c->by_id;
+    int64_t lo = 0, hi = c->d->n;
+    while (lo < hi) { /* first entry with id >= qid */
+        int64_t mid = lo + (hi - lo) / 2;
+        if (by_id[mid].id < qid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (; lo < c->d->n && by_id[lo].id == qid; lo++)
+        R -= is_relevant(ql, c->d->labels[by_id[lo].row]);
+    return R;
+}
+
 /* Rank the candidates of query qi (dots: its row of n_index dot products), add its nine
  * values to sum (or count it as skipped). */
 static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double *sum,
                        struct ft_metrics_result *out)
 {
-    int64_t qid = c->q->ids[qi];
     int32_t ql = c->q->labels[qi];
-    int64_t R = (ql >= 0 && ql < c->num_labels) ? c->label_count[ql] : 0;
-    int n = 0;
-    for (int64_t j = 0; j < c->d->n; j++) {
-        if (c->exclude && c->d->ids[j] == qid) {
-            R -= is_relevant(ql, c->d->labels[j]);
-            continue;
-        }
-        struct hit h = {pair_score(c, dots[j], c->qsq[qi], j), c->d->ids[j], j};
-        heap_offer(c->heap, &n, c->heap_cap, &h);
-    }
+    int n = fill_pool(c, qi, dots);
     if (c->top_ids) { /* examples: the ranking itself, whatever R is */
         refine_pool(c, qi, c->heap, n);
         for (int i = 0; i < c->k; i++) {
@@ -337,6 +606,7 @@ static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double
         }
         return;
     }
+    int64_t R = relevant_count(c, qi);
     if (R <= 0) {
         out->skipped++;
         return;
@@ -375,6 +645,10 @@ static int32_t max_label(const struct ft_eval_set *s)
 
 static void ctx_free(struct eval_ctx *c)
 {
+    free(c->key);
+    free(c->by_id);
+    free(c->qn);
+    free(c->dn);
     free(c->qsq);
     free(c->dsq);
     free(c->rep);
@@ -384,6 +658,45 @@ static void ctx_free(struct eval_ctx *c)
     free(c->dots);
     free(c->heap);
     free(c->rel);
+}
+
+/* The screening keys and whether the norms allow the filter. -1 on ENOMEM. */
+static int prepare_screen(struct eval_ctx *c)
+{
+    int64_t nd = c->d->n;
+    c->key = malloc(((size_t)nd + 1) * sizeof *c->key);
+    if (!c->key)
+        return -1;
+    c->filter = 1;
+    c->max_dsq = 0.0;
+    for (int64_t i = 0; i < c->q->n; i++)
+        c->filter &= c->qsq[i] <= 1e30;
+    for (int64_t j = 0; j < nd; j++) {
+        double d = c->dsq[j];
+        c->filter &= d <= 1e30 && (d == 0.0 || d >= 1e-30);
+        c->max_dsq = d > c->max_dsq ? d : c->max_dsq;
+        if (is_euclid(c->score))
+            c->key[j] = (float)d;
+        else if (c->score == FT_SCORE_COSINE)
+            c->key[j] = d > 0.0 ? (float)(1.0 / sqrt(d)) : 0.0f;
+        else
+            c->key[j] = 1.0f;
+    }
+    return 0;
+}
+
+/* Index rows sorted by id (for the excluded rows of each query). -1 on ENOMEM. */
+static int prepare_id_order(struct eval_ctx *c)
+{
+    int64_t nd = c->d->n;
+    struct id_row *by_id = malloc(((size_t)nd + 1) * sizeof *by_id);
+    if (!by_id)
+        return -1;
+    for (int64_t j = 0; j < nd; j++)
+        by_id[j] = (struct id_row){c->d->ids[j], j};
+    qsort(by_id, (size_t)nd, sizeof *by_id, cmp_id_row);
+    c->by_id = by_id;
+    return 0;
 }
 
 /* Allocate and fill everything but the dot buffer. Returns 0 or -1 on ENOMEM. */
@@ -397,7 +710,8 @@ static int ctx_prepare(struct eval_ctx *c)
     c->dups = malloc(((size_t)nd + 1) * sizeof *c->dups);
     c->label_count = calloc((size_t)c->num_labels + 1, sizeof *c->label_count);
     c->idcg = malloc(((size_t)c->heap_cap + 1) * sizeof *c->idcg);
-    c->heap = malloc(((size_t)c->heap_cap + 1) * sizeof *c->heap);
+    c->buf_cap = 4 * c->heap_cap + 64;
+    c->heap = malloc(((size_t)c->buf_cap + 1) * sizeof *c->heap);
     c->rel = malloc((size_t)c->heap_cap + 1);
     if (!c->qsq || !c->dsq || !c->rep || !c->dups || !c->label_count || !c->idcg || !c->heap ||
         !c->rel)
@@ -412,6 +726,16 @@ static int ctx_prepare(struct eval_ctx *c)
     }
     sq_norms(c->q->emb, nq, c->dim, c->qsq);
     sq_norms(c->d->emb, nd, c->dim, c->dsq);
+    c->qn = malloc(((size_t)nq + 1) * sizeof *c->qn);
+    c->dn = malloc(((size_t)nd + 1) * sizeof *c->dn);
+    if (!c->qn || !c->dn)
+        return -1;
+    for (int64_t i = 0; i < nq; i++)
+        c->qn[i] = sqrt(c->qsq[i]);
+    for (int64_t j = 0; j < nd; j++)
+        c->dn[j] = sqrt(c->dsq[j]);
+    if (prepare_screen(c) != 0 || (c->exclude && prepare_id_order(c) != 0))
+        return -1;
     c->idcg[0] = 0.0;
     for (int i = 1; i <= c->heap_cap; i++)
         c->idcg[i] = c->idcg[i - 1] + 1.0 / log2(i + 1.0);
@@ -499,6 +823,7 @@ static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eva
                          .top_ids = top_ids,
                          .top_scores = top_scores};
     c.exclude = exclude_self; /* callers decide when it applies */
+    c.gap = 0.5;
     int64_t pool = (int64_t)k + k / 4 + 16;
     c.heap_cap = (int)(pool < d->n ? pool : d->n);
     int64_t block = d->n > 0 ? DOT_BUDGET / d->n : MAX_BLOCK;

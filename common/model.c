@@ -1059,6 +1059,11 @@ static void layer_backward(ft_model *m, const struct layer *L, float *dinp, cons
     }
 }
 
+float *ft_model_input(ft_model *m, int B)
+{
+    return B > 0 && grow(m, B) == FT_OK ? m->x : NULL;
+}
+
 enum ft_err ft_model_forward(ft_model *m, const float *x, int B, float *out, int training)
 {
     /* x (B, input_dim), out (B, output_dim) */
@@ -1066,7 +1071,8 @@ enum ft_err ft_model_forward(ft_model *m, const float *x, int B, float *out, int
         return FT_OK;
     if (grow(m, B) != FT_OK)
         return FT_ENOMEM;
-    memcpy(m->x, x, (size_t)B * ft_model_input_dim(m) * sizeof *x);
+    if (x != m->x) /* else the caller filled ft_model_input() */
+        memcpy(m->x, x, (size_t)B * ft_model_input_dim(m) * sizeof *x);
     const float *in = m->x;
     for (int l = 0; l < m->num_layers; l++) {
         layer_forward(m, &m->layers[l], in, B, training);

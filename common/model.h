@@ -102,6 +102,11 @@ void ft_model_tensor(const ft_model *m, int i, const char **name, int *ndim, int
  * the tensor's name when it is missing, not F32 or of another shape; nothing is copied then. */
 enum ft_err ft_model_load(ft_model *m, const ft_safetensors *st, struct ft_error *err);
 
+/* The model's own input buffer for a batch of B rows ((B, input_dim) floats, borrowed: valid
+ * until a call with a larger B or ft_model_free). Fill it and pass it as x to
+ * ft_model_forward, which then has nothing to copy. NULL on ENOMEM. */
+float *ft_model_input(ft_model *m, int B);
+
 /* out (B, output_dim) = model(x (B, input_dim)). training = 1: batch norm uses batch
  * statistics and updates its running ones, dropout drops (seeded); training = 0: inference
  * (running statistics, no dropout). Either way the activations are saved for

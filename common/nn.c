@@ -4,7 +4,9 @@
  * Kernels follow llm.c: <layer>_forward / <layer>_backward pairs over row-major buffers they
  * do not own; nothing here allocates. Linear and conv2d are OpenBLAS sgemm calls (conv2d:
  * im2col of the whole batch, one sgemm, col2im for the input gradient); reductions (batch and
- * layer norm statistics, pooling means, bias sums) accumulate in double.
+ * layer norm statistics, pooling means, bias sums) accumulate in double. Element-wise loops
+ * work in unrolled blocks of 8 that the compiler vectorises, and row reductions interleave four
+ * rows; each value and each sum is computed exactly as the plain loop would.
  * Formulas and reference numbers: tests/fixtures/torch/README.md (PyTorch 1.13). */
 #include "nn.h"
 
@@ -67,51 +69,156 @@ static inline float keep_if(float v, int keep)
     return v;
 }
 
+/* Blocks of 8 values are loaded into a local array first (out may alias inp) and unrolled, so
+ * the compiler turns them into vector instructions; the results are those of the scalar rule. */
 void ft_relu_forward(float *out, const float *inp, size_t N)
 {
-    for (size_t i = 0; i < N; i++) /* NaN stays NaN, as in torch */
+    size_t i = 0;
+    for (; i + 8 <= N; i += 8) {
+        uint32_t u[8];
+        memcpy(u, inp + i, sizeof u);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) { /* keep sign 0 (x > 0 or +0) and NaN (|x| > inf) */
+            uint32_t keep = (u[k] >> 31 == 0) | ((u[k] & 0x7fffffffu) > 0x7f800000u);
+            u[k] &= -keep;
+        }
+        memcpy(out + i, u, sizeof u);
+    }
+    for (; i < N; i++) /* NaN stays NaN, as in torch */
         out[i] = keep_if(inp[i], (inp[i] > 0.0f) | isnan(inp[i]));
 }
 
 void ft_relu_backward(float *dinp, const float *dout, const float *inp, size_t N)
 {
-    for (size_t i = 0; i < N; i++)
+    size_t i = 0;
+    for (; i + 8 <= N; i += 8) {
+        float x[8];
+        uint32_t d[8];
+        memcpy(x, inp + i, sizeof x);
+        memcpy(d, dout + i, sizeof d);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++)
+            d[k] &= -(uint32_t)(x[k] > 0.0f);
+        memcpy(dinp + i, d, sizeof d);
+    }
+    for (; i < N; i++)
         dinp[i] = keep_if(dout[i], inp[i] > 0.0f);
+}
+
+/* Sums of squares in double of rows i .. i + 3 of x (B, D) into ss: one sequential sum per row
+ * (the order of a plain loop), four rows interleaved so the adds overlap. */
+static void sum_squares4(const float *x, int D, double ss[4])
+{
+    const float *a = x, *b = x + D, *c = x + 2 * (size_t)D, *d = x + 3 * (size_t)D;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    for (int k = 0; k < D; k++) {
+        s0 += (double)a[k] * a[k];
+        s1 += (double)b[k] * b[k];
+        s2 += (double)c[k] * c[k];
+        s3 += (double)d[k] * d[k];
+    }
+    ss[0] = s0, ss[1] = s1, ss[2] = s2, ss[3] = s3;
+}
+
+void ft_sum_squares(double *ss, const float *x, int B, int D)
+{
+    /* ss (B), x (B, D) */
+    int i = 0;
+    for (; i + 4 <= B; i += 4)
+        sum_squares4(x + (size_t)i * D, D, ss + i);
+    for (; i < B; i++) {
+        const float *r = x + (size_t)i * D;
+        double s = 0.0;
+        for (int k = 0; k < D; k++)
+            s += (double)r[k] * r[k];
+        ss[i] = s;
+    }
+}
+
+/* o (D) = x (D) / n, eight at a time (o and x do not overlap or are the same row). */
+static void div_row(float *o, const float *x, float n, int D)
+{
+    int k = 0;
+    for (; k + 8 <= D; k += 8) {
+        float v[8];
+        memcpy(v, x + k, sizeof v);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; u++)
+            v[u] /= n;
+        memcpy(o + k, v, sizeof v);
+    }
+    for (; k < D; k++)
+        o[k] = x[k] / n;
 }
 
 void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, int D)
 {
     /* out (B, D), norms (B), inp (B, D) */
-    for (int i = 0; i < B; i++) {
-        const float *x = inp + (size_t)i * D;
-        float *o = out + (size_t)i * D;
-        double ss = 0.0;
-        for (int k = 0; k < D; k++)
-            ss += (double)x[k] * x[k];
-        float n = (float)sqrt(ss);
-        if (!(n > L2_EPS))
-            n = L2_EPS;
-        norms[i] = n;
-        for (int k = 0; k < D; k++)
-            o[k] = x[k] / n;
+    for (int i0 = 0; i0 < B; i0 += 64) {
+        double ss[64];
+        int nb = B - i0 < 64 ? B - i0 : 64;
+        ft_sum_squares(ss, inp + (size_t)i0 * D, nb, D);
+        for (int r = 0; r < nb; r++) {
+            int i = i0 + r;
+            float n = (float)sqrt(ss[r]);
+            if (!(n > L2_EPS))
+                n = L2_EPS;
+            norms[i] = n;
+            div_row(out + (size_t)i * D, inp + (size_t)i * D, n, D);
+        }
     }
+}
+
+/* <o_i, g_i> in double for rows i .. i + 3 (one sequential sum each, interleaved). */
+static void dots4(const float *o, const float *g, int D, double dot[4])
+{
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int k = 0; k < D; k++)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            s[r] += (double)o[(size_t)r * D + k] * g[(size_t)r * D + k];
+    memcpy(dot, s, sizeof s);
+}
+
+/* d (D) = (g - o fdot) * inv, eight at a time (d may be g). */
+static void l2_back_row(float *d, const float *g, const float *o, float fdot, float inv, int D)
+{
+    int k = 0;
+    for (; k + 8 <= D; k += 8) {
+        float gv[8], ov[8];
+        memcpy(gv, g + k, sizeof gv);
+        memcpy(ov, o + k, sizeof ov);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; u++)
+            gv[u] = (gv[u] - ov[u] * fdot) * inv;
+        memcpy(d + k, gv, sizeof gv);
+    }
+    for (; k < D; k++)
+        d[k] = (g[k] - o[k] * fdot) * inv;
 }
 
 void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, const float *norms,
                               int B, int D)
 {
-    /* dinp (B, D), dout (B, D), out (B, D), norms (B) */
-    for (int i = 0; i < B; i++) {
-        const float *g = dout + (size_t)i * D;
-        const float *o = out + (size_t)i * D;
-        float *d = dinp + (size_t)i * D;
-        double dot = 0.0;
-        for (int k = 0; k < D; k++)
-            dot += (double)o[k] * g[k];
-        float fdot = (float)dot;
-        float inv = 1.0f / norms[i];
-        for (int k = 0; k < D; k++)
-            d[k] = (g[k] - o[k] * fdot) * inv;
+    /* dinp (B, D), dout (B, D), out (B, D), norms (B); the four dots of a block are taken before
+     * its rows are written (dinp may be dout) */
+    for (int i0 = 0; i0 < B; i0 += 4) {
+        int nb = B - i0 < 4 ? B - i0 : 4;
+        double dot[4];
+        const float *g0 = dout + (size_t)i0 * D, *o0 = out + (size_t)i0 * D;
+        if (nb == 4)
+            dots4(o0, g0, D, dot);
+        for (int r = 0; nb < 4 && r < nb; r++) {
+            double s = 0.0;
+            for (int k = 0; k < D; k++)
+                s += (double)o0[(size_t)r * D + k] * g0[(size_t)r * D + k];
+            dot[r] = s;
+        }
+        for (int r = 0; r < nb; r++) {
+            size_t off = (size_t)r * D;
+            l2_back_row(dinp + (size_t)i0 * D + off, g0 + off, o0 + off, (float)dot[r],
+                        1.0f / norms[i0 + r], D);
+        }
     }
 }
 

@@ -26,6 +26,10 @@ void ft_relu_forward(float *out, const float *inp, size_t N);
 /* dinp (N) = dout where inp > 0 else 0 (written; dinp may alias dout). */
 void ft_relu_backward(float *dinp, const float *dout, const float *inp, size_t N);
 
+/* ss (B) = the sum of squares of each row of x (B, D), in double, summed in order k = 0 .. D-1
+ * (the rows are interleaved for speed; the sums are those of a plain loop). */
+void ft_sum_squares(double *ss, const float *x, int B, int D);
+
 /* Row-wise L2 normalisation, F.normalize(p=2, dim=1, eps=1e-12):
  * out (B, D) = inp / max(||inp_i||, eps); norms (B) saves max(||inp_i||, eps) for backward. */
 void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, int D);

@@ -46,9 +46,9 @@ struct ft_safetensors {
 /* Size in bytes of one element of dtype and its canonical (static) name; 0 when unknown. */
 static size_t dtype_size(const char *dtype, const char **canon)
 {
-    static const char *const names[] = {"F32", "I32", "I64"};
-    static const size_t sizes[] = {4, 4, 8};
-    for (int i = 0; dtype && i < 3; i++) {
+    static const char *const names[] = {"F32", "I32", "I64", "U8"};
+    static const size_t sizes[] = {4, 4, 8, 1};
+    for (int i = 0; dtype && i < 4; i++) {
         if (strcmp(dtype, names[i]) == 0) {
             if (canon)
                 *canon = names[i];
@@ -401,7 +401,7 @@ static enum ft_err parse_entry(struct st_entry *e, json_t *value, size_t data_le
     size_t elem = dtype_size(json_string_value(json_object_get(value, "dtype")), &e->dtype);
     if (elem == 0)
         return ft_error_set(err, FT_EINVAL, e->name,
-                            "tensor \"%s\": dtype must be one of F32, I32, I64", e->name);
+                            "tensor \"%s\": dtype must be one of F32, I32, I64, U8", e->name);
     enum ft_err rc = parse_shape(e, json_object_get(value, "shape"), err);
     if (rc == FT_OK)
         rc = parse_offsets(e, json_object_get(value, "data_offsets"), data_len, err);

@@ -4,7 +4,7 @@
  * of JSON header {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
  * "__metadata__": {"key": "string value", ...}}, padded with spaces to a multiple of 8, then
  * the raw little-endian tensor bytes. Offsets are relative to the start of the byte buffer.
- * Supported dtypes: F32, I32, I64. */
+ * Supported dtypes: F32, I32, I64, U8. */
 #ifndef FT_SAFETENSORS_H
 #define FT_SAFETENSORS_H
 
@@ -19,7 +19,7 @@
 /* One tensor to write (borrowed pointers). */
 struct ft_tensor_view {
     const char *name;
-    const char *dtype; /* "F32", "I32" or "I64" */
+    const char *dtype; /* "F32", "I32", "I64" or "U8" */
     int ndim;
     int64_t shape[FT_ST_MAX_DIMS];
     const void *data; /* prod(shape) * sizeof(dtype) bytes */
@@ -28,8 +28,8 @@ struct ft_tensor_view {
 /* Write tensors[0..count) and metadata (borrowed; a JSON object whose values are strings, or
  * NULL) to path atomically: path.tmp, fsync, rename, fsync of the directory.
  * Errors: FT_EINVAL (bad dtype, non-string metadata value, duplicate name), FT_EIO. */
-enum ft_err ft_safetensors_write(const char *path, const struct ft_tensor_view *tensors,
-                                 int count, json_t *metadata, struct ft_error *err);
+enum ft_err ft_safetensors_write(const char *path, const struct ft_tensor_view *tensors, int count,
+                                 json_t *metadata, struct ft_error *err);
 
 /* A file read into memory and checked (header JSON, offsets in bounds, no overlap, sizes match
  * dtype x shape). Opaque. */

@@ -2,7 +2,10 @@
  *
  * Owns, for the duration of ft_train: the model, the optimizer, the samplers, the batch
  * buffers, the best epoch's parameter copy and, with val_split, the split datasets. Everything
- * the caller sees goes through the hooks (log lines, metrics) and the artifact file. */
+ * the caller sees goes through the hooks (log lines, metrics) and the artifact file.
+ * A training step allocates nothing: the batch rows are gathered (from floats or the dataset's
+ * compact bytes) straight into the model's input buffer, and the model's activations and the
+ * loss's scratch are sized for the batch before the first step. */
 #include "train.h"
 
 #include "evaluation.h"
@@ -38,10 +41,10 @@ struct trainer {
     int epoch;      /* current epoch, 1-based */
     double last_lr; /* the learning rate of the last optimizer step */
     struct ft_schedule sched;
-    /* batch buffers, B rows */
+    /* batch buffers, B rows (the inputs go straight into the model's input buffer) */
     int64_t *idx;
     int32_t *yb;
-    float *xb, *emb, *demb;
+    float *emb, *demb;
     /* the best epoch's params then buffers (num_params + num_buffers) */
     float *best_params;
     const char *start_artifact; /* model.artifact's file (borrowed), NULL = fresh model */
@@ -222,18 +225,33 @@ static enum ft_err build_model(struct trainer *t, struct ft_error *err)
     return e;
 }
 
+/* Size the loss's scratch now, with one throwaway batch of zero embeddings, so that no training
+ * step allocates. Best effort: a loss that refuses these labels (CLIPLoss wants pairs) sizes
+ * it in its first step instead. The loss keeps no state from it (its gradient is zeroed). */
+static void reserve_loss(struct trainer *t)
+{
+    float loss;
+    int classes = t->train->num_labels > 0 ? t->train->num_labels : 1;
+    memset(t->emb, 0, (size_t)t->B * (size_t)t->out_dim * sizeof *t->emb);
+    for (int i = 0; i < t->B; i++)
+        t->yb[i] = i / 2 % classes;
+    ft_loss_compute(t->loss, t->emb, t->yb, t->B, t->out_dim, &loss, t->demb, NULL);
+    ft_loss_zero_grad(t->loss);
+}
+
 static enum ft_err alloc_buffers(struct trainer *t, struct ft_error *err)
 {
     size_t B = (size_t)t->B;
     t->idx = malloc(B * sizeof *t->idx);
     t->yb = malloc(B * sizeof *t->yb);
-    t->xb = malloc(B * (size_t)t->in_dim * sizeof *t->xb);
     t->emb = malloc(B * (size_t)t->out_dim * sizeof *t->emb);
     t->demb = malloc(B * (size_t)t->out_dim * sizeof *t->demb);
     t->best_params = malloc((ft_model_num_params(t->model) + ft_model_num_buffers(t->model)) *
                             sizeof *t->best_params);
-    if (!t->idx || !t->yb || !t->xb || !t->emb || !t->demb || !t->best_params)
+    if (!t->idx || !t->yb || !t->emb || !t->demb || !t->best_params ||
+        !ft_model_input(t->model, t->B))
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
+    reserve_loss(t);
     return FT_OK;
 }
 
@@ -248,7 +266,6 @@ static void trainer_free(struct trainer *t)
     ft_dataset_free(t->own_eval);
     free(t->idx);
     free(t->yb);
-    free(t->xb);
     free(t->emb);
     free(t->demb);
     free(t->best_params);
@@ -259,30 +276,75 @@ static void trainer_free(struct trainer *t)
 
 /* ---- batches, losses ---- */
 
-/* dst (dim) = row of ds, standardised when the config says so. */
+/* dst (dim) = row of ds (from its floats or its compact bytes), standardised when the config
+ * says so. */
 static void load_row(const struct trainer *t, const struct ft_dataset *ds, int64_t row, float *dst)
 {
-    const float *src = ds->x + (size_t)row * ds->dim;
-    if (!t->cfg->standardize) {
-        memcpy(dst, src, (size_t)ds->dim * sizeof(float));
+    ft_dataset_row(ds, row, dst);
+    if (!t->cfg->standardize)
         return;
-    }
     float mean = (float)t->cfg->standardize_mean, inv = (float)(1.0 / t->cfg->standardize_std);
-    for (int k = 0; k < ds->dim; k++)
-        dst[k] = (src[k] - mean) * inv;
+    int k = 0;
+    for (; k + 8 <= ds->dim; k += 8) {
+        float v[8];
+        memcpy(v, dst + k, sizeof v);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; u++)
+            v[u] = (v[u] - mean) * inv;
+        memcpy(dst + k, v, sizeof v);
+    }
+    for (; k < ds->dim; k++)
+        dst[k] = (dst[k] - mean) * inv;
 }
 
-static void gather(struct trainer *t, const struct ft_dataset *ds, int B)
+/* Rows t->idx of ds into the model's input buffer (sized by alloc_buffers for B <= t->B) and
+ * their labels into t->yb; returns the buffer. */
+static float *gather(struct trainer *t, const struct ft_dataset *ds, int B)
 {
+    float *xb = ft_model_input(t->model, B);
     for (int i = 0; i < B; i++) {
-        load_row(t, ds, t->idx[i], t->xb + (size_t)i * t->in_dim);
+        load_row(t, ds, t->idx[i], xb + (size_t)i * t->in_dim);
         t->yb[i] = ds->labels[t->idx[i]];
     }
+    return xb;
 }
 
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+
+/* Whether some of x[0 .. n - n % 8) has every exponent bit set (NaN or infinity); SSE2 with
+ * the flags in registers. */
+static int any_nonfinite8(const float *x, size_t n)
+{
+    const __m128i e = _mm_set1_epi32(0x7f800000);
+    __m128i a = _mm_setzero_si128(), b = _mm_setzero_si128();
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        __m128i u = _mm_and_si128(_mm_loadu_si128((const __m128i *)(x + i)), e);
+        __m128i v = _mm_and_si128(_mm_loadu_si128((const __m128i *)(x + i + 4)), e);
+        a = _mm_or_si128(a, _mm_cmpeq_epi32(u, e));
+        b = _mm_or_si128(b, _mm_cmpeq_epi32(v, e));
+    }
+    return _mm_movemask_epi8(_mm_or_si128(a, b)) != 0;
+}
+#else
+static int any_nonfinite8(const float *x, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n - n % 8; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
+#endif
+
+/* No NaN or infinity in x (n). */
 static int all_finite(const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
+    if (any_nonfinite8(x, n))
+        return 0;
+    for (size_t i = n - n % 8; i < n; i++)
         if (!isfinite(x[i]))
             return 0;
     return 1;
@@ -291,8 +353,8 @@ static int all_finite(const float *x, size_t n)
 /* One training step on the batch in t->idx; *loss set. */
 static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_error *err)
 {
-    gather(t, t->train, B);
-    enum ft_err e = ft_model_forward(t->model, t->xb, B, t->emb, 1);
+    float *xb = gather(t, t->train, B);
+    enum ft_err e = ft_model_forward(t->model, xb, B, t->emb, 1);
     ft_loss_zero_grad(t->loss);
     if (e == FT_OK)
         e = ft_loss_compute(t->loss, t->emb, t->yb, B, t->out_dim, loss, t->demb, NULL);
@@ -342,10 +404,10 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
     int64_t nb = 0;
     while (e == FT_OK && ft_sampler_next(s, t->idx)) {
         float loss;
-        gather(t, t->eval, t->B);
+        float *xb = gather(t, t->eval, t->B);
         for (int i = 0; ft_loss_num_params(t->loss) && i < t->B; i++) /* training class ids */
             t->yb[i] = t->eval_labels[t->idx[i]];
-        e = ft_model_forward(t->model, t->xb, t->B, t->emb, 0);
+        e = ft_model_forward(t->model, xb, t->B, t->emb, 0);
         if (e == FT_OK)
             e = ft_loss_compute(t->loss, t->emb, t->yb, t->B, t->out_dim, &loss, NULL, NULL);
         if (e == FT_OK) {
@@ -363,22 +425,19 @@ static enum ft_err val_loss(struct trainer *t, double *out, int *has, struct ft_
 
 /* ---- evaluation ---- */
 
-/* Embeddings of every row of ds: new (n, out_dim) array or NULL. */
+/* Embeddings of every row of ds: new (n, out_dim) array or NULL. The rows go straight into the
+ * model's input buffer, batch rows at a time. */
 static float *embed(struct trainer *t, const struct ft_dataset *ds, int batch)
 {
     float *out = malloc((size_t)ds->n * (size_t)t->out_dim * sizeof *out);
-    float *chunk =
-        t->cfg->standardize ? malloc((size_t)batch * (size_t)ds->dim * sizeof *chunk) : NULL;
-    int ok = out && (chunk || !t->cfg->standardize);
+    int ok = out != NULL;
     for (int64_t i = 0; ok && i < ds->n; i += batch) {
         int b = (int)(ds->n - i < batch ? ds->n - i : batch);
-        const float *x = ds->x + (size_t)i * ds->dim;
-        for (int r = 0; chunk && r < b; r++)
-            load_row(t, ds, i + r, chunk + (size_t)r * ds->dim);
-        ok = ft_model_forward(t->model, chunk ? chunk : x, b, out + (size_t)i * t->out_dim, 0) ==
-             FT_OK;
+        float *xb = ft_model_input(t->model, b);
+        for (int r = 0; xb && r < b; r++)
+            load_row(t, ds, i + r, xb + (size_t)r * ds->dim);
+        ok = xb && ft_model_forward(t->model, xb, b, out + (size_t)i * t->out_dim, 0) == FT_OK;
     }
-    free(chunk);
     if (!ok) {
         free(out);
         return NULL;

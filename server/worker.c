@@ -77,7 +77,7 @@ static enum ft_err load_dataset(struct wctx *w, const char *name, const char **n
         }
     }
     char *path = ft_store_dataset_path(w->store, w->owner, name);
-    enum ft_err e = path ? ft_dataset_load(path, &loaded[*count], err) : FT_ENOMEM;
+    enum ft_err e = path ? ft_dataset_load_compact(path, &loaded[*count], err) : FT_ENOMEM;
     free(path);
     if (e != FT_OK) {
         char why[sizeof err->message];
