@@ -12,10 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FD_H 1e-6
-#define FD_ATOL 1e-5
-#define FD_RTOL 1e-4
-
 /* ---- helpers ---- */
 
 static void assert_expected(json_t *fx, const char *name, const float *got)
@@ -42,39 +38,11 @@ static float *random_floats(struct ft_rng *rng, size_t n, double scale)
     return v;
 }
 
-static double *to_double(const float *v, size_t n)
-{
-    double *d = malloc(n * sizeof *d);
-    cr_assert_not_null(d);
-    for (size_t i = 0; i < n; i++)
-        d[i] = v[i];
-    return d;
-}
-
 static float *zeros(size_t n)
 {
     float *v = calloc(n ? n : 1, sizeof *v);
     cr_assert_not_null(v);
     return v;
-}
-
-typedef double (*scalar_fn)(void *ctx);
-
-/* Central differences of f w.r.t. every entry of v (n), compared with grad (float). */
-static void check_fd(const char *label, scalar_fn f, void *ctx, double *v, size_t n,
-                     const float *grad)
-{
-    for (size_t i = 0; i < n; i++) {
-        double keep = v[i];
-        v[i] = keep + FD_H;
-        double fp = f(ctx);
-        v[i] = keep - FD_H;
-        double fm = f(ctx);
-        v[i] = keep;
-        double fd = (fp - fm) / (2.0 * FD_H);
-        cr_assert(fabs(grad[i] - fd) <= FD_ATOL + FD_RTOL * fabs(fd),
-                  "%s[%zu]: analytic %.9g, finite difference %.9g", label, i, (double)grad[i], fd);
-    }
 }
 
 /* ---- element-wise activations ---- */
@@ -171,11 +139,11 @@ static void act_fd(enum act a)
     double ref[N];
     act_forward(a, out, x, N);
     act_backward(a, dx, dout, x, out, N);
-    struct act_ctx c = {a, to_double(x, N), dout, N};
+    struct act_ctx c = {a, fx_to_double(x, N), dout, N};
     for (int i = 0; i < N; i++)
         ref[i] = ref_act(to_ref(a), c.x[i]);
     fx_assert_close("out", out, ref, N, 2e-6, 1e-5);
-    check_fd("dx", act_objective, &c, c.x, N, dx);
+    fx_check_fd("dx", act_objective, &c, c.x, N, dx);
     free(x), free(dout), free(c.x);
 }
 
@@ -290,11 +258,11 @@ static void batchnorm_fd(int N, int C, int S, int training)
     float *rm = random_floats(&rng, C, 0.5), *rv = random_floats(&rng, C, 0.5);
     for (int c = 0; c < C; c++)
         rv[c] += 1.0f; /* positive variances */
-    struct bn_ctx ctx = {to_double(x, n),
-                         to_double(w, C),
-                         to_double(b, C),
-                         to_double(rm, C),
-                         to_double(rv, C),
+    struct bn_ctx ctx = {fx_to_double(x, n),
+                         fx_to_double(w, C),
+                         fx_to_double(b, C),
+                         fx_to_double(rm, C),
+                         fx_to_double(rv, C),
                          dout,
                          N,
                          C,
@@ -309,9 +277,9 @@ static void batchnorm_fd(int N, int C, int S, int training)
                          S, training);
     ft_batchnorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, C, S, training);
     fx_assert_close("out", out, ref, n, 1e-5, 1e-4);
-    check_fd("dx", bn_objective, &ctx, ctx.x, n, dx);
-    check_fd("dweight", bn_objective, &ctx, ctx.w, C, dw);
-    check_fd("dbias", bn_objective, &ctx, ctx.b, C, db);
+    fx_check_fd("dx", bn_objective, &ctx, ctx.x, n, dx);
+    fx_check_fd("dweight", bn_objective, &ctx, ctx.w, C, dw);
+    fx_check_fd("dbias", bn_objective, &ctx, ctx.b, C, db);
     free(x), free(dout), free(w), free(b), free(rm), free(rv), free(out), free(dx), free(dw);
     free(db), free(mean), free(rstd), free(ref);
     free(ctx.x), free(ctx.w), free(ctx.b), free(ctx.rm), free(ctx.rv);
@@ -396,13 +364,13 @@ Test(layernorm, backward_matches_finite_differences)
     float out[B * D], dx[B * D], dw[D] = {0}, db[D] = {0}, mean[B], rstd[B];
     ft_layernorm_forward(out, mean, rstd, x, w, b, B, D);
     ft_layernorm_backward(dx, dw, db, dout, x, mean, rstd, w, B, D);
-    struct ln_ctx c = {to_double(x, B * D), to_double(w, D), to_double(b, D), dout, B, D};
+    struct ln_ctx c = {fx_to_double(x, B * D), fx_to_double(w, D), fx_to_double(b, D), dout, B, D};
     double ref[B * D];
     ref_layernorm(ref, c.x, c.w, c.b, B, D);
     fx_assert_close("out", out, ref, B * D, 1e-5, 1e-4);
-    check_fd("dx", ln_objective, &c, c.x, B * D, dx);
-    check_fd("dweight", ln_objective, &c, c.w, D, dw);
-    check_fd("dbias", ln_objective, &c, c.b, D, db);
+    fx_check_fd("dx", ln_objective, &c, c.x, B * D, dx);
+    fx_check_fd("dweight", ln_objective, &c, c.w, D, dw);
+    fx_check_fd("dbias", ln_objective, &c, c.b, D, db);
     free(x), free(dout), free(w), free(b), free(c.x), free(c.w), free(c.b);
 }
 
@@ -473,8 +441,8 @@ Test(dropout, backward_matches_finite_differences_with_a_fixed_mask)
     float out[N], mask[N], dx[N];
     ft_dropout_forward(out, mask, x, N, 0.4f, &rng, 1);
     ft_dropout_backward(dx, dout, mask, N);
-    struct drop_ctx c = {to_double(x, N), mask, dout, N};
-    check_fd("dx", drop_objective, &c, c.x, N, dx);
+    struct drop_ctx c = {fx_to_double(x, N), mask, dout, N};
+    fx_check_fd("dx", drop_objective, &c, c.x, N, dx);
     free(x), free(dout), free(c.x);
 }
 
@@ -546,15 +514,19 @@ static void conv_fd(struct ft_conv2d_shape s, int bias, uint64_t seed)
     float *scratch = zeros(ft_conv2d_scratch_size(&s));
     ft_conv2d_forward(out, scratch, x, w, b, &s);
     ft_conv2d_backward(dx, dw, bias ? db : NULL, scratch, dout, x, w, &s);
-    struct conv_ctx c = {
-        to_double(x, nx), to_double(w, nw), bias ? to_double(b, s.OC) : NULL, dout, &s, no};
+    struct conv_ctx c = {fx_to_double(x, nx),
+                         fx_to_double(w, nw),
+                         bias ? fx_to_double(b, s.OC) : NULL,
+                         dout,
+                         &s,
+                         no};
     double *ref = malloc(no * sizeof *ref);
     ref_conv2d(ref, c.x, c.w, c.b, &s);
     fx_assert_close("out", out, ref, no, 1e-5, 1e-4);
-    check_fd("dx", conv_objective, &c, c.x, nx, dx);
-    check_fd("dweight", conv_objective, &c, c.w, nw, dw);
+    fx_check_fd("dx", conv_objective, &c, c.x, nx, dx);
+    fx_check_fd("dweight", conv_objective, &c, c.w, nw, dw);
     if (bias)
-        check_fd("dbias", conv_objective, &c, c.b, s.OC, db);
+        fx_check_fd("dbias", conv_objective, &c, c.b, s.OC, db);
     /* dw and db accumulate; dinp NULL skips the input gradient */
     float *dw1 = malloc(nw * sizeof *dw1);
     memcpy(dw1, dw, nw * sizeof *dw);
@@ -709,8 +681,8 @@ static void pool_fd(enum pool kind, int B, int C, int H, int W, int k)
         ft_global_avgpool_forward(out, x, B, C, H * W);
         ft_global_avgpool_backward(dx, dout, B, C, H * W);
     }
-    struct pool_ctx c = {kind, to_double(x, n), dout, B, C, H, W, k};
-    check_fd("dx", pool_objective, &c, c.x, n, dx);
+    struct pool_ctx c = {kind, fx_to_double(x, n), dout, B, C, H, W, k};
+    fx_check_fd("dx", pool_objective, &c, c.x, n, dx);
     free(x), free(dout), free(out), free(dx), free(argmax), free(c.x);
 }
 

@@ -311,14 +311,6 @@ static struct ft_triplet_opts config_opts(int i)
     return o;
 }
 
-static double *to_double(const float *v, size_t n)
-{
-    double *d = malloc(n * sizeof *d);
-    for (size_t i = 0; i < n; i++)
-        d[i] = v[i];
-    return d;
-}
-
 /* Loss and count against the double reference, then every gradient entry against central
  * differences of it (step h). */
 static void check_against_reference(const struct ft_triplet_opts *o, struct batch *b, double h,
@@ -329,7 +321,7 @@ static void check_against_reference(const struct ft_triplet_opts *o, struct batc
     float loss, *demb = malloc(n * sizeof *demb);
     struct ft_loss_stats st;
     cr_assert_eq(ft_triplet_margin_loss(&loss, demb, b->emb, b->labels, b->B, b->D, o, &st), FT_OK);
-    struct ref_ctx c = {to_double(b->emb, n), b->labels, b->B, b->D, o, 0, 0};
+    struct ref_ctx c = {fx_to_double(b->emb, n), b->labels, b->B, b->D, o, 0, 0};
     double want = ref_loss(&c);
     cr_assert(fabs(loss - want) <= 1e-5 * fabs(want), "%s: loss %.9g want %.9g", label, loss, want);
     cr_assert_eq(st.num_nonzero, c.nonzero, "%s", label);
@@ -388,7 +380,7 @@ Test(triplet_margin, larger_batch_matches_brute_force)
         float loss;
         struct ft_loss_stats st;
         cr_assert_eq(ft_triplet_margin_loss(&loss, NULL, b.emb, b.labels, 64, 8, &o, &st), FT_OK);
-        struct ref_ctx c = {to_double(b.emb, 64 * 8), b.labels, 64, 8, &o, 0, 0};
+        struct ref_ctx c = {fx_to_double(b.emb, 64 * 8), b.labels, 64, 8, &o, 0, 0};
         double want = ref_loss(&c);
         cr_assert(fabs(loss - want) <= 1e-5 + 1e-4 * fabs(want), "config %zu loss %g want %g", ci,
                   loss, want);
@@ -1045,7 +1037,7 @@ static struct ref ref_of(struct batch *b, int cosine, int normalize)
 {
     struct ref r;
     memset(&r, 0, sizeof r);
-    r.e = to_double(b->emb, (size_t)b->B * b->D);
+    r.e = fx_to_double(b->emb, (size_t)b->B * b->D);
     r.labels = b->labels;
     r.B = b->B;
     r.D = b->D;
@@ -1319,7 +1311,7 @@ Test(arcface, matches_reference_and_finite_differences)
         for (int k = 0; k < D; k++) /* item 0 opposite its class: the else branch */
             b.emb[k] = -W[b.labels[0] * D + k] + 0.01f * (float)(k + 1);
         struct ref r = ref_of(&b, 0, 0);
-        r.w = to_double(W, (size_t)C * D);
+        r.w = fx_to_double(W, (size_t)C * D);
         r.C = C;
         r.p1 = 28.6 * M_PI / 180.0;
         r.p2 = scale;

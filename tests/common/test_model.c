@@ -16,10 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define FD_H 1e-6
-#define FD_ATOL 1e-5
-#define FD_RTOL 1e-4
-
 /* ---- helpers ---- */
 
 static ft_model *new_model(const char *config_text, int c, int h, int w, uint64_t seed)
@@ -75,33 +71,6 @@ static float *random_floats(struct ft_rng *rng, size_t n, double scale)
     for (size_t i = 0; i < n; i++)
         v[i] = (float)((2.0 * ft_rng_uniform(rng) - 1.0) * scale);
     return v;
-}
-
-static double *to_double(const float *v, size_t n)
-{
-    double *d = malloc((n ? n : 1) * sizeof *d);
-    cr_assert_not_null(d);
-    for (size_t i = 0; i < n; i++)
-        d[i] = v[i];
-    return d;
-}
-
-typedef double (*scalar_fn)(void *ctx);
-
-static void check_fd(const char *label, scalar_fn f, void *ctx, double *v, size_t n,
-                     const float *grad)
-{
-    for (size_t i = 0; i < n; i++) {
-        double keep = v[i];
-        v[i] = keep + FD_H;
-        double fp = f(ctx);
-        v[i] = keep - FD_H;
-        double fm = f(ctx);
-        v[i] = keep;
-        double fd = (fp - fm) / (2.0 * FD_H);
-        cr_assert(fabs(grad[i] - fd) <= FD_ATOL + FD_RTOL * fabs(fd),
-                  "%s[%zu]: analytic %.9g, finite difference %.9g", label, i, (double)grad[i], fd);
-    }
 }
 
 static void expect_error(enum ft_err got, const struct ft_error *err, const char *param)
@@ -240,7 +209,7 @@ static double ref_objective(void *p)
     struct ref_ctx *c = p;
     const struct arch *a = c->a;
     size_t nin = (size_t)c->B * a->in[0] * a->in[1] * a->in[2];
-    double *h = to_double(c->x, nin);
+    double *h = fx_to_double(c->x, nin);
     memcpy(c->drop.s, c->rng, sizeof c->rng);
     int width = a->cnn ? ref_cnn_body(c, &h) : ref_mlp_body(c, &h);
     if (a->head)
@@ -266,14 +235,14 @@ static void model_fd(ft_model *m, const struct arch *a, int B, int training, uin
     float *out = malloc((size_t)B * OD * sizeof *out);
     struct ref_ctx c = {.a = a, .m = m, .x = x, .dout = dout, .B = B, .training = training};
     memcpy(c.rng, ft_model_rng_state(m), sizeof c.rng);
-    c.buf = to_double(ft_model_buffers(m), ft_model_num_buffers(m)); /* before the update */
+    c.buf = fx_to_double(ft_model_buffers(m), ft_model_num_buffers(m)); /* before the update */
     ft_model_zero_grad(m);
     cr_assert_eq(ft_model_forward(m, x, B, out, training), FT_OK);
     ft_model_backward(m, dout, B);
-    c.p = to_double(ft_model_params(m), n);
+    c.p = fx_to_double(ft_model_params(m), n);
     ref_objective(&c);
     fx_assert_close("out", out, c.out, (size_t)B * OD, 1e-5, 1e-4);
-    check_fd("dparams", ref_objective, &c, c.p, n, ft_model_grads(m));
+    fx_check_fd("dparams", ref_objective, &c, c.p, n, ft_model_grads(m));
     free(x), free(dout), free(out), free(c.p), free(c.buf), free(c.out);
 }
 

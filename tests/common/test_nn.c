@@ -10,10 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FD_H 1e-6
-#define FD_ATOL 1e-5
-#define FD_RTOL 1e-4
-
 /* ---- helpers ---- */
 
 static void assert_expected(json_t *fx, const char *name, const float *got)
@@ -31,35 +27,6 @@ static float *random_floats(struct ft_rng *rng, size_t n, double scale)
     for (size_t i = 0; i < n; i++)
         v[i] = (float)((2.0 * ft_rng_uniform(rng) - 1.0) * scale);
     return v;
-}
-
-static double *to_double(const float *v, size_t n)
-{
-    double *d = malloc(n * sizeof *d);
-    cr_assert_not_null(d);
-    for (size_t i = 0; i < n; i++)
-        d[i] = v[i];
-    return d;
-}
-
-/* A scalar function of one double array (the rest is in ctx). */
-typedef double (*scalar_fn)(void *ctx);
-
-/* Central differences of f w.r.t. every entry of v (n), compared with grad (float). */
-static void check_fd(const char *label, scalar_fn f, void *ctx, double *v, size_t n,
-                     const float *grad)
-{
-    for (size_t i = 0; i < n; i++) {
-        double keep = v[i];
-        v[i] = keep + FD_H;
-        double fp = f(ctx);
-        v[i] = keep - FD_H;
-        double fm = f(ctx);
-        v[i] = keep;
-        double fd = (fp - fm) / (2.0 * FD_H);
-        cr_assert(fabs(grad[i] - fd) <= FD_ATOL + FD_RTOL * fabs(fd),
-                  "%s[%zu]: analytic %.9g, finite difference %.9g", label, i, (double)grad[i], fd);
-    }
 }
 
 /* ---- double reference implementations ---- */
@@ -246,13 +213,13 @@ Test(linear, backward_matches_finite_differences)
     ft_linear_forward(out, x, w, b, B, C, OC);
     ft_linear_backward(dx, dw, db, dout, x, w, B, C, OC);
     struct linear_ctx c = {
-        to_double(x, B * C), to_double(w, OC * C), to_double(b, OC), dout, B, C, OC};
+        fx_to_double(x, B * C), fx_to_double(w, OC * C), fx_to_double(b, OC), dout, B, C, OC};
     double ref[B * OC];
     ref_linear(ref, c.x, c.w, c.b, B, C, OC);
     fx_assert_close("out", out, ref, B * OC, 1e-6, 1e-5);
-    check_fd("dx", linear_objective, &c, c.x, B * C, dx);
-    check_fd("dw", linear_objective, &c, c.w, OC * C, dw);
-    check_fd("db", linear_objective, &c, c.b, OC, db);
+    fx_check_fd("dx", linear_objective, &c, c.x, B * C, dx);
+    fx_check_fd("dw", linear_objective, &c, c.w, OC * C, dw);
+    fx_check_fd("db", linear_objective, &c, c.b, OC, db);
     free(x), free(w), free(b), free(dout), free(c.x), free(c.w), free(c.b);
 }
 
@@ -281,8 +248,8 @@ Test(relu, backward_matches_finite_differences)
         if (fabsf(x[i]) < 1e-3f)
             x[i] = 0.5f; /* keep away from the kink */
     ft_relu_backward(dx, dout, x, N);
-    struct relu_ctx c = {to_double(x, N), dout, N};
-    check_fd("dx", relu_objective, &c, c.x, N, dx);
+    struct relu_ctx c = {fx_to_double(x, N), dout, N};
+    fx_check_fd("dx", relu_objective, &c, c.x, N, dx);
     free(x), free(dout), free(c.x);
 }
 
@@ -309,10 +276,10 @@ Test(l2_normalize, backward_matches_finite_differences)
     float out[B * D], norms[B], dx[B * D];
     ft_l2_normalize_forward(out, norms, x, B, D);
     ft_l2_normalize_backward(dx, dout, out, norms, B, D);
-    struct l2_ctx c = {to_double(x, B * D), dout, B, D};
+    struct l2_ctx c = {fx_to_double(x, B * D), dout, B, D};
     double ref[B * D];
     ref_l2_normalize(ref, c.x, B, D);
     fx_assert_close("out", out, ref, B * D, 1e-6, 1e-5);
-    check_fd("dx", l2_objective, &c, c.x, B * D, dx);
+    fx_check_fd("dx", l2_objective, &c, c.x, B * D, dx);
     free(x), free(dout), free(c.x);
 }

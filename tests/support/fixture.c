@@ -81,8 +81,8 @@ long long *fx_ints(json_t *fixture, const char *section, const char *name, size_
     return out;
 }
 
-void fx_assert_close(const char *label, const float *got, const double *want, size_t n,
-                     double atol, double rtol)
+void fx_assert_close(const char *label, const float *got, const double *want, size_t n, double atol,
+                     double rtol)
 {
     for (size_t i = 0; i < n; i++) {
         double diff = fabs((double)got[i] - want[i]);
@@ -92,8 +92,8 @@ void fx_assert_close(const char *label, const float *got, const double *want, si
     }
 }
 
-void fx_assert_close_tol(json_t *fixture, const char *label, const float *got,
-                         const double *want, size_t n)
+void fx_assert_close_tol(json_t *fixture, const char *label, const float *got, const double *want,
+                         size_t n)
 {
     json_t *tol = json_object_get(fixture, "tolerance");
     cr_assert_not_null(tol, "fixture has no tolerance");
@@ -134,4 +134,29 @@ void fx_free_list(char **list, size_t count)
     for (size_t i = 0; i < count; i++)
         free(list[i]);
     free(list);
+}
+
+void fx_check_fd(const char *label, fx_scalar_fn f, void *ctx, double *v, size_t n,
+                 const float *grad)
+{
+    for (size_t i = 0; i < n; i++) {
+        double keep = v[i];
+        v[i] = keep + FX_FD_H;
+        double fp = f(ctx);
+        v[i] = keep - FX_FD_H;
+        double fm = f(ctx);
+        v[i] = keep;
+        double fd = (fp - fm) / (2.0 * FX_FD_H);
+        cr_assert(fabs(grad[i] - fd) <= FX_FD_ATOL + FX_FD_RTOL * fabs(fd),
+                  "%s[%zu]: analytic %.9g, finite difference %.9g", label, i, (double)grad[i], fd);
+    }
+}
+
+double *fx_to_double(const float *v, size_t n)
+{
+    double *d = malloc((n ? n : 1) * sizeof *d);
+    cr_assert_not_null(d);
+    for (size_t i = 0; i < n; i++)
+        d[i] = v[i];
+    return d;
 }

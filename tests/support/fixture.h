@@ -27,11 +27,28 @@ int fx_dim(json_t *fixture, const char *section, const char *name, int i);
 
 /* |got - want| <= atol + rtol * |want| for every element; on failure reports the first bad
  * index through Criterion with label. */
-void fx_assert_close(const char *label, const float *got, const double *want, size_t n,
-                     double atol, double rtol);
+void fx_assert_close(const char *label, const float *got, const double *want, size_t n, double atol,
+                     double rtol);
 /* The same with the file's own "tolerance" block. */
-void fx_assert_close_tol(json_t *fixture, const char *label, const float *got,
-                         const double *want, size_t n);
+void fx_assert_close_tol(json_t *fixture, const char *label, const float *got, const double *want,
+                         size_t n);
+
+/* Finite-difference checks (STYLE.md: central differences in double, |a - b| <= atol + rtol |b|),
+ * with h 1e-6, atol 1e-5, rtol 1e-4. */
+#define FX_FD_H 1e-6
+#define FX_FD_ATOL 1e-5
+#define FX_FD_RTOL 1e-4
+
+/* A scalar function of some double array the caller perturbs (the rest is in ctx). */
+typedef double (*fx_scalar_fn)(void *ctx);
+
+/* Central differences of f w.r.t. every entry of v (n; restored after), each compared with
+ * grad[i] (float); fails the test naming label and the index. */
+void fx_check_fd(const char *label, fx_scalar_fn f, void *ctx, double *v, size_t n,
+                 const float *grad);
+
+/* v (n) as a new double array (caller frees). */
+double *fx_to_double(const float *v, size_t n);
 
 /* Names of the *.json files in tests/fixtures/<dir>, sorted; *count set. Free with
  * fx_free_list(). */
