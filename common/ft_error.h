@@ -26,6 +26,8 @@
     X(TOO_MANY, "too_many_requests", 429, "too many requests")                    \
     X(NOMEM, "out_of_memory", 500, "out of memory")                               \
     X(IO, "io_error", 500, "i/o error")                                           \
+    X(NOSPACE, "insufficient_storage", 507,                                       \
+      "the data directory is full (no space left, quota or file size limit)")     \
     X(DB, "database_error", 500, "database error")                                \
     X(NUMERIC, "non_finite", 500, "non-finite value")                             \
     X(CANCELED, "canceled", 500, "canceled")                                      \

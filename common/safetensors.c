@@ -289,7 +289,11 @@ static enum ft_err write_atomic(const char *path, const unsigned char *header, s
         ok = 0;
         e = errno;
     }
-    return ok ? FT_OK : ft_error_set(err, FT_EIO, NULL, "cannot write %s: %s", path, strerror(e));
+    if (ok)
+        return FT_OK;
+    /* a full disk, a quota or RLIMIT_FSIZE: the caller may tell the user to free space */
+    enum ft_err code = e == ENOSPC || e == EDQUOT || e == EFBIG ? FT_ENOSPACE : FT_EIO;
+    return ft_error_set(err, code, NULL, "cannot write %s: %s", path, strerror(e));
 }
 
 enum ft_err ft_safetensors_write(const char *path, const struct ft_tensor_view *tensors, int count,

@@ -111,12 +111,42 @@ static int check_name(struct ctx *c, const char *name, const char *param)
     return 0;
 }
 
+/* Whether the JSON text s[0..n) nests arrays/objects deeper than max (brackets inside strings
+ * do not count). Checked before parsing, so a deep body costs a scan, not a tree. */
+static int json_too_deep(const char *s, size_t n, int max)
+{
+    int depth = 0, in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_string = 0;
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > max)
+                return 1;
+        } else if (ch == ']' || ch == '}') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
 /* Parse the body as a JSON object; answers 400 and returns NULL otherwise. */
 static json_t *body_object(struct ctx *c)
 {
     json_error_t jerr;
     if (!c->req->body || c->req->body_len == 0) {
         fail(c, FT_EINVAL, "body", "the request needs a JSON object body");
+        return NULL;
+    }
+    int max_depth = c->api->max_json_depth;
+    if (max_depth > 0 && json_too_deep(c->req->body, c->req->body_len, max_depth)) {
+        fail(c, FT_EINVAL, "body", "the JSON body nests arrays/objects deeper than %d levels",
+             max_depth);
         return NULL;
     }
     json_t *o = json_loadb(c->req->body, c->req->body_len, 0, &jerr);
@@ -232,6 +262,12 @@ static enum ft_err store_upload(struct ctx *c, const char *name, const char *for
     snprintf(tmp, sizeof tmp, "%s.upload-%d-%d", path, (int)getpid(),
              __atomic_add_fetch(&counter, 1, __ATOMIC_SEQ_CST));
     enum ft_err e = ft_dataset_save(ds, tmp, err);
+    if (e != FT_OK) { /* the operator's log has the path; the client gets the cause */
+        ft_log(FT_LOG_ERROR, "api", "dataset %s of owner '%s' not stored: %s", name, c->owner,
+               err->message);
+        ft_error_set(err, e, NULL, "dataset '%s' was not stored: %s", name,
+                     e == FT_ENOSPACE ? ft_err_message(e) : "the file could not be written");
+    }
     FILE *f = e == FT_OK ? fopen(tmp, "rb") : NULL;
     if (f) {
         fseek(f, 0, SEEK_END);

@@ -26,6 +26,8 @@ struct ft_api {
     volatile int *stopping; /* non-zero while the daemon shuts down (may be NULL) */
     int require_token;      /* 1: 401 without a valid token even while none exists */
     int max_queued_runs;    /* CREATED runs per owner before submissions are 429; 0 = no limit */
+    int max_json_depth;     /* deepest array/object nesting of a JSON body (400 beyond);
+                             * 0 = jansson's own limit (2048) */
 };
 
 /* Handle one complete request; fills resp (status, body...). Never fails: errors become error

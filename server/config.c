@@ -41,6 +41,11 @@ static const struct setting settings[] = {
     INT("max-dataset-mb", max_dataset_mb, 1, 1 << 20),
     INT("max-queued-runs", max_queued_runs, 1, 1000000),
     BOOL("insecure-no-auth", insecure_no_auth),
+    INT("max-connections", max_connections, 4, 65536),
+    INT("max-connections-per-ip", max_connections_per_ip, 1, 65536),
+    INT("connection-timeout", connection_timeout, 1, 86400),
+    INT("header-timeout", header_timeout, 1, 3600),
+    INT("max-json-depth", max_json_depth, 2, 1000),
 };
 
 void ft_config_default(struct ft_config *c)
@@ -54,6 +59,11 @@ void ft_config_default(struct ft_config *c)
     c->max_upload_mb = 1024;
     c->max_dataset_mb = 2048;
     c->max_queued_runs = 100;
+    c->max_connections = 1024;
+    c->max_connections_per_ip = 128;
+    c->connection_timeout = 60;
+    c->header_timeout = 10;
+    c->max_json_depth = 32;
     c->worker_run = -1;
 }
 
@@ -71,6 +81,16 @@ const char *ft_config_usage(void)
            "  --max-dataset-mb N   largest dataset once decoded to float32, in MiB (default 2048)\n"
            "  --max-queued-runs N  queued (CREATED) runs one user may have; more are 429\n"
            "                       (default 100)\n"
+           "  --max-connections N  open connections at once, each served by a thread (default "
+           "1024)\n"
+           "  --max-connections-per-ip N\n"
+           "                       open connections from one client address (default 128)\n"
+           "  --connection-timeout S  close a connection idle for S seconds (default 60)\n"
+           "  --header-timeout S   close a connection whose request line and headers are not\n"
+           "                       complete S seconds after it opened or after its previous\n"
+           "                       request (slow clients; default 10)\n"
+           "  --max-json-depth N   deepest nesting of arrays/objects in a JSON body; deeper\n"
+           "                       is 400 (default 32)\n"
            "  --insecure-no-auth   serve a non-loopback --host even though no access token\n"
            "                       exists (anyone who reaches it may use it)\n"
            "  --config FILE        read settings from FILE first: one 'key = value' a line,\n"

@@ -2,7 +2,12 @@
  *
  * Thread per connection, so the log stream's reader may block while it waits for new lines.
  * Bodies over the limit are drained and answered 413 (never cut silently). multipart/form-data
- * goes through MHD's post processor into named parts. */
+ * goes through MHD's post processor into named parts.
+ *
+ * Slow clients: MHD closes a connection idle for the idle timeout and refuses connections over
+ * the per-address limit at accept; a reaper thread shuts down (shutdown(2)) every connection
+ * whose request line and headers are still incomplete header_timeout_s after it opened or its
+ * previous request ended, so one sending a byte now and then cannot hold its thread. */
 #include "http.h"
 
 #include "api.h"
@@ -13,9 +18,13 @@
 #include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,11 +32,25 @@
 #define JSON_LIMIT (1u << 20)
 #define POST_BUFFER 65536
 
+/* One open connection, for the header deadline (MHD's socket context). */
+struct watch {
+    int fd;
+    double since; /* monotonic seconds: opened, or its previous request ended */
+    int waiting;  /* 1 until the request line and headers are complete */
+    int shut;     /* 1 once the reaper shut it down */
+    struct watch *prev, *next;
+};
+
 struct ft_http_server {
     struct MHD_Daemon *mhd;
     struct ft_api *api;
-    size_t max_upload;
+    struct ft_http_limits lim;
     int port;
+    pthread_mutex_t mu; /* guards watches, stop */
+    pthread_cond_t cv;
+    struct watch *watches;
+    int stop, reaper_started;
+    pthread_t reaper;
 };
 
 /* Per-connection request state (freed by request_completed). */
@@ -113,6 +136,12 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
     for (int i = 0; i < c->req.num_parts; i++)
         if (strcmp(c->req.parts[i].name, key) == 0)
             p = &c->req.parts[i];
+    /* a part's chunks come in order (off = bytes before); an offset that does not continue
+     * the part is a second part of the same name, which must not be glued onto the first */
+    if (p && off != p->len) {
+        c->bad_multipart = 1;
+        return MHD_NO;
+    }
     if (!p) {
         if (c->req.num_parts == FT_HTTP_MAX_PARTS) {
             c->bad_multipart = 1;
@@ -166,7 +195,7 @@ static struct conn *conn_new(struct ft_http_server *srv, struct MHD_Connection *
     c->req.idempotency_key = c->idem_key;
     MHD_get_connection_values(mc, MHD_GET_ARGUMENT_KIND, collect_arg, &c->req);
     int upload = strcmp(method, "PUT") == 0 && strncmp(url, "/api/v1/datasets/", 17) == 0;
-    c->limit = upload ? srv->max_upload : JSON_LIMIT;
+    c->limit = upload ? srv->lim.max_upload : JSON_LIMIT;
     if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0)
         c->pp = MHD_create_post_processor(mc, POST_BUFFER, on_part, c);
     return c;
@@ -345,6 +374,107 @@ static enum MHD_Result send_error(struct MHD_Connection *mc, struct ft_http_serv
     return ret;
 }
 
+/* ---- slow clients ---- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* done = 1: mc's request headers are complete; 0: its request ended, the next one's deadline
+ * starts now. */
+static void watch_headers_done(struct ft_http_server *srv, struct MHD_Connection *mc, int done)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct watch *w = ci ? ci->socket_context : NULL;
+    if (!w)
+        return;
+    pthread_mutex_lock(&srv->mu);
+    w->waiting = !done;
+    if (!done)
+        w->since = mono_now();
+    pthread_mutex_unlock(&srv->mu);
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: register a new connection, forget a closed one. MHD notifies
+ * CLOSED before it closes the socket, so the reaper never shuts down a reused descriptor. */
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct ft_http_server *srv = cls;
+    struct watch *w = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || !(w = calloc(1, sizeof *w)))
+            return; /* not watched: the idle timeout still applies */
+        w->fd = ci->connect_fd;
+        w->since = mono_now();
+        w->waiting = 1;
+        pthread_mutex_lock(&srv->mu);
+        w->next = srv->watches;
+        if (w->next)
+            w->next->prev = w;
+        srv->watches = w;
+        pthread_mutex_unlock(&srv->mu);
+        *socket_context = w;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && w) {
+        pthread_mutex_lock(&srv->mu);
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            srv->watches = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        pthread_mutex_unlock(&srv->mu);
+        free(w);
+        *socket_context = NULL;
+    }
+}
+
+/* Every quarter second: shut down the connections past their header deadline. */
+static void *reaper_main(void *arg)
+{
+    struct ft_http_server *srv = arg;
+    pthread_mutex_lock(&srv->mu);
+    while (!srv->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&srv->cv, &srv->mu, &ts);
+        double now = mono_now();
+        for (struct watch *w = srv->watches; w; w = w->next) {
+            if (!w->waiting || w->shut || now - w->since < srv->lim.header_timeout_s)
+                continue;
+            w->shut = 1;
+            shutdown(w->fd, SHUT_RDWR);
+            ft_log(FT_LOG_INFO, "http",
+                   "closed a connection whose request headers were not complete within %u s",
+                   srv->lim.header_timeout_s);
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    return NULL;
+}
+
+/* MHD_OPTION_EXTERNAL_LOGGER: libmicrohttpd's messages (a refused connection over a limit, a
+ * client gone mid-request) as the daemon's own log lines, at info. */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    (void)cls;
+    vsnprintf(line, sizeof line, fmt, ap);
+    line[strcspn(line, "\n")] = '\0';
+    ft_log(FT_LOG_INFO, "http", "%s", line);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **state)
@@ -353,6 +483,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     struct conn *c = *state;
     (void)version;
     if (!c) {
+        watch_headers_done(srv, mc, 1);
         c = conn_new(srv, mc, url, method);
         if (!c)
             return MHD_NO;
@@ -379,8 +510,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
     }
     if (c->bad_multipart)
         return send_error(mc, srv, FT_EINVAL, "body",
-                          "malformed multipart/form-data body (or more than 4 parts, or a "
-                          "part without a name or with one over 63 bytes)");
+                          "malformed multipart/form-data body (or more than 4 parts, a "
+                          "part without a name or with one over 63 bytes, or two parts of "
+                          "the same name)");
     struct ft_http_response r = {0};
     ft_api_handle(srv->api, &c->req, &r);
     ft_log(FT_LOG_DEBUG, "http", "%s %s -> %d", method, url, r.status);
@@ -392,7 +524,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
 static void on_completed(void *cls, struct MHD_Connection *mc, void **state,
                          enum MHD_RequestTerminationCode code)
 {
-    (void)cls, (void)mc, (void)code;
+    (void)code;
+    watch_headers_done(cls, mc, 0); /* the next request on this connection has the deadline */
     conn_free(*state);
     *state = NULL;
 }
@@ -427,7 +560,8 @@ static size_t unescape(void *cls, struct MHD_Connection *mc, char *s)
     return (size_t)(w - s);
 }
 
-ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, size_t max_upload)
+ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port,
+                              const struct ft_http_limits *lim)
 {
     struct sockaddr_in addr = {0};
     ft_http_server *srv = calloc(1, sizeof *srv);
@@ -441,20 +575,32 @@ ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, si
         return NULL;
     }
     srv->api = api;
-    srv->max_upload = max_upload;
+    srv->lim = *lim;
+    pthread_mutex_init(&srv->mu, NULL);
+    pthread_cond_init(&srv->cv, NULL);
     srv->mhd = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-        (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &addr,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024, MHD_OPTION_UNESCAPE_CALLBACK,
-        unescape, NULL, MHD_OPTION_END);
+        (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_CONNECTION_TIMEOUT,
+        lim->idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT, lim->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, lim->per_ip, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+        NULL, MHD_OPTION_END);
     if (!srv->mhd) {
         ft_log(FT_LOG_ERROR, "http", "cannot listen on %s:%d: %s", host, port, strerror(errno));
-        free(srv);
+        ft_http_stop(srv);
         return NULL;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : port;
+    if (lim->header_timeout_s > 0) {
+        if (pthread_create(&srv->reaper, NULL, reaper_main, srv) != 0) {
+            ft_log(FT_LOG_ERROR, "http", "cannot start the connection reaper thread");
+            ft_http_stop(srv);
+            return NULL;
+        }
+        srv->reaper_started = 1;
+    }
     return srv;
 }
 
@@ -467,6 +613,16 @@ void ft_http_stop(ft_http_server *srv)
 {
     if (!srv)
         return;
-    MHD_stop_daemon(srv->mhd);
+    if (srv->reaper_started) {
+        pthread_mutex_lock(&srv->mu);
+        srv->stop = 1;
+        pthread_cond_signal(&srv->cv);
+        pthread_mutex_unlock(&srv->mu);
+        pthread_join(srv->reaper, NULL);
+    }
+    if (srv->mhd)
+        MHD_stop_daemon(srv->mhd);
+    pthread_cond_destroy(&srv->cv);
+    pthread_mutex_destroy(&srv->mu);
     free(srv);
 }

@@ -59,9 +59,23 @@ void ft_http_response_clear(struct ft_http_response *resp);
 struct ft_api;
 typedef struct ft_http_server ft_http_server;
 
-/* Start listening on host:port (thread per connection). JSON bodies are limited to 1 MiB,
- * dataset uploads to max_upload bytes. NULL on failure (logged). */
-ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port, size_t max_upload);
+/* Connection limits (server/config.h has the flags and their defaults). */
+struct ft_http_limits {
+    size_t max_upload;         /* bytes of a dataset upload (413 beyond); JSON bodies: 1 MiB */
+    unsigned max_connections;  /* open connections at once (a thread each) */
+    unsigned per_ip;           /* open connections from one client address; more are closed
+                                * at accept, before a thread is made */
+    unsigned idle_timeout_s;   /* a connection silent this long is closed */
+    unsigned header_timeout_s; /* a connection whose request line and headers are not complete
+                                * this long after it opened (or after its previous request
+                                * ended) is shut down, however slowly it keeps sending: a
+                                * slow-loris client cannot hold a thread. 0 = no deadline */
+};
+
+/* Start listening on host:port (thread per connection) with the limits lim (copied). NULL on
+ * failure (logged). */
+ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port,
+                              const struct ft_http_limits *lim);
 /* The port actually bound (for --port 0). */
 int ft_http_port(const ft_http_server *srv);
 /* Stop accepting, close connections, free. NULL is a no-op. */

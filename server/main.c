@@ -40,6 +40,9 @@ static void install_signals(void)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* a write past RLIMIT_FSIZE fails with EFBIG and is reported like a full disk, instead of
+     * killing the daemon (workers inherit the disposition) */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 /* One daemon per data directory: an exclusive flock on <data_dir>/finetunerd.lock, held (fd
@@ -155,8 +158,14 @@ static int run_daemon(const struct ft_config *cfg)
                          .wake_ctx = sched,
                          .stopping = &stopping,
                          .require_token = require_token,
-                         .max_queued_runs = cfg->max_queued_runs};
-    ft_http_server *http = sched ? ft_http_start(&api, cfg->host, cfg->port, api.max_upload) : NULL;
+                         .max_queued_runs = cfg->max_queued_runs,
+                         .max_json_depth = cfg->max_json_depth};
+    struct ft_http_limits lim = {.max_upload = api.max_upload,
+                                 .max_connections = (unsigned)cfg->max_connections,
+                                 .per_ip = (unsigned)cfg->max_connections_per_ip,
+                                 .idle_timeout_s = (unsigned)cfg->connection_timeout,
+                                 .header_timeout_s = (unsigned)cfg->header_timeout};
+    ft_http_server *http = sched ? ft_http_start(&api, cfg->host, cfg->port, &lim) : NULL;
     if (!http) {
         ft_scheduler_stop(sched, 5);
         ft_store_close(store);

@@ -79,9 +79,11 @@ static void unlock(ft_store *s)
 
 static enum ft_err db_error(ft_store *s, struct ft_error *err, const char *what)
 {
+    int rc = sqlite3_errcode(s->db);
     ft_log(FT_LOG_ERROR, "store", "%s: %s", what, sqlite3_errmsg(s->db));
-    return ft_error_set(err, FT_EDB, NULL, "database error while %s: %s", what,
-                        sqlite3_errmsg(s->db));
+    /* SQLITE_FULL: the disk is full (or RLIMIT_FSIZE); the transaction was rolled back */
+    return ft_error_set(err, rc == SQLITE_FULL ? FT_ENOSPACE : FT_EDB, NULL,
+                        "database error while %s: %s", what, sqlite3_errmsg(s->db));
 }
 
 /* Prepare sql and bind the text arguments ("s") and integers ("i") given in types. */
