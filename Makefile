@@ -8,6 +8,7 @@
 #   make demo       the main job: Fashion-MNIST through the daemon
 #   make bench      benchmarks, printed as ratios to an sgemm floor
 #   make fuzz       every libFuzzer target for FUZZ_SECONDS (default 20) each (build-fuzz/)
+#   make load       load test of the daemon for LOAD_SECONDS (default 20); build/load.json
 
 CC      ?= gcc
 BUILD   ?= build
@@ -40,7 +41,7 @@ TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC  := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN  := $(patsubst tests/bench/%.c,$(BUILD)/%,$(BENCH_SRC))
 
-.PHONY: all deps test asan demo bench bench-quality clean format-check fuzz fuzz-targets
+.PHONY: all deps test asan demo bench bench-quality load clean format-check fuzz fuzz-targets
 all: $(BUILD)/finetunerd $(BUILD)/finetuner $(BUILD)/libfinetuner.a $(BUILD)/libfinetuner.so
 
 $(BUILD)/%.o: %.c
@@ -134,6 +135,18 @@ bench: deps
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk; }
 	$(Q)$(MAKE) --no-print-directory all $(BUILD)/bench_speed
 	$(Q)$(BUILD)/bench_speed
+
+# load: issue 4's load test (tests/load/load.sh): while a Fashion-MNIST run trains, wrk polls
+# run status, metrics and the run list, curl clients follow the logstream and runs are submitted
+# and canceled, for LOAD_SECONDS; one table (requests/s, p50, p99, errors per endpoint), the same
+# as JSON in build/load.json; fails on any error. wrk comes from apt when missing.
+LOAD_SECONDS ?= 20
+load: deps
+	@dpkg-query -W -f='$${Status}' wrk 2>/dev/null | grep -q "install ok installed" || { \
+	  echo "installing: wrk"; SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk; }
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)BIN=$(BUILD) LOAD_SECONDS=$(LOAD_SECONDS) LOAD_JSON=$(BUILD)/load.json sh tests/load/load.sh
 
 # Quality on Fashion-MNIST through the real training loop (minutes; issue 3's figures).
 bench-quality: deps
