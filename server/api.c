@@ -1123,7 +1123,13 @@ void ft_api_handle(struct ft_api *api, const struct ft_http_request *req,
     c.api = api;
     c.req = req;
     c.resp = resp;
+    /* a GET only reads: its auth check, lookups and reads share one read transaction */
+    int reads_only = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    if (reads_only)
+        ft_store_read_begin(api->store);
     route(&c);
+    if (reads_only)
+        ft_store_read_end(api->store);
     if (resp->kind == FT_BODY_BUFFER && !resp->body) {
         resp->status = 500;
         resp->content_type = "application/json";

@@ -41,6 +41,7 @@ static const struct setting settings[] = {
     INT("max-dataset-mb", max_dataset_mb, 1, 1 << 20),
     INT("max-queued-runs", max_queued_runs, 1, 1000000),
     BOOL("insecure-no-auth", insecure_no_auth),
+    INT("http-threads", http_threads, 0, 256),
     INT("max-connections", max_connections, 4, 65536),
     INT("max-connections-per-ip", max_connections_per_ip, 1, 65536),
     INT("connection-timeout", connection_timeout, 1, 86400),

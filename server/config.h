@@ -1,10 +1,10 @@
 /* config.h — finetunerd's settings: one table, read from a config file and then the command
  * line (flags win). The file has one "key = value" per line ('#' starts a comment); keys are
  * the flag names without dashes, with '_' or '-': host, port, data_dir, workers, log_level,
- * max_upload_mb, max_dataset_mb, max_queued_runs, max_connections, max_connections_per_ip,
- * connection_timeout, header_timeout, max_json_depth, insecure_no_auth (true|false; on the command
- * line a flag without a value). Words that are not options (`token create NAME`) are kept in
- * command[] for main() to dispatch. */
+ * max_upload_mb, max_dataset_mb, max_queued_runs, http_threads, max_connections,
+ * max_connections_per_ip, connection_timeout, header_timeout, max_json_depth, insecure_no_auth
+ * (true|false; on the command line a flag without a value). Words that are not options (`token
+ * create NAME`) are kept in command[] for main() to dispatch. */
 #ifndef FT_CONFIG_H
 #define FT_CONFIG_H
 
@@ -20,7 +20,8 @@ struct ft_config {
     int max_dataset_mb;         /* --max-dataset-mb, decoded dataset limit, default 2048 */
     int max_queued_runs;        /* --max-queued-runs, CREATED runs per user, default 100 */
     int insecure_no_auth;       /* --insecure-no-auth: serve a non-loopback host without tokens */
-    int max_connections;        /* --max-connections, open connections (threads), default 1024 */
+    int http_threads;           /* --http-threads, HTTP threads, 0 = one per core (>= 2) */
+    int max_connections;        /* --max-connections, open connections, default 1024 */
     int max_connections_per_ip; /* --max-connections-per-ip, per client address, default 128 */
     int connection_timeout;     /* --connection-timeout, seconds idle before a close, default 60 */
     int header_timeout;         /* --header-timeout, seconds to send request line + headers, 10 */

@@ -1,13 +1,16 @@
 /* http.c — libmicrohttpd glue: read the request (with limits), call the API, send the answer.
  *
- * Thread per connection, so the log stream's reader may block while it waits for new lines.
- * Bodies over the limit are drained and answered 413 (never cut silently). multipart/form-data
- * goes through MHD's post processor into named parts.
+ * A small pool of threads (one epoll loop each, MHD's thread pool) serves every connection: no
+ * thread per connection to create, switch between or hold. Nothing may block a pool thread
+ * while it waits: a log stream with nothing new suspends its connection
+ * (MHD_suspend_connection), and the ticker thread resumes the suspended ones every 200 ms to
+ * look again. Bodies over the limit are drained and answered 413 (never cut silently).
+ * multipart/form-data goes through MHD's post processor into named parts.
  *
  * Slow clients: MHD closes a connection idle for the idle timeout and refuses connections over
- * the per-address limit at accept; a reaper thread shuts down (shutdown(2)) every connection
- * whose request line and headers are still incomplete header_timeout_s after it opened or its
- * previous request ended, so one sending a byte now and then cannot hold its thread. */
+ * the per-address limit at accept; the ticker shuts down (shutdown(2)) every connection whose
+ * request line and headers are still incomplete header_timeout_s after it opened or its
+ * previous request ended, so one sending a byte now and then cannot keep its place. */
 #include "http.h"
 
 #include "api.h"
@@ -37,7 +40,7 @@ struct watch {
     int fd;
     double since; /* monotonic seconds: opened, or its previous request ended */
     int waiting;  /* 1 until the request line and headers are complete */
-    int shut;     /* 1 once the reaper shut it down */
+    int shut;     /* 1 once the ticker shut it down */
     struct watch *prev, *next;
 };
 
@@ -46,11 +49,12 @@ struct ft_http_server {
     struct ft_api *api;
     struct ft_http_limits lim;
     int port;
-    pthread_mutex_t mu; /* guards watches, stop */
+    pthread_mutex_t mu; /* guards watches, waiting, stop, closing */
     pthread_cond_t cv;
     struct watch *watches;
-    int stop, reaper_started;
-    pthread_t reaper;
+    struct stream *waiting; /* log streams suspended until the next tick */
+    int stop, closing, ticker_started;
+    pthread_t ticker;
 };
 
 /* Per-connection request state (freed by request_completed). */
@@ -236,76 +240,128 @@ static void consume(struct conn *c, const char *data, size_t size)
 
 /* ---- answering ---- */
 
+/* A log stream: one per logstream response (the response's content reader state). */
 struct stream {
-    struct ft_api *api;
+    struct ft_http_server *srv;
+    struct MHD_Connection *mc;
     int64_t run_id, last_seq;
     char *pending; /* bytes not yet handed to MHD */
-    size_t len, off;
+    size_t len, cap, off;
+    double last_sent; /* monotonic seconds of the last bytes handed over */
     int done;
+    struct stream *next_waiting;
 };
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static int terminal(const char *status)
 {
     return strcmp(status, "CREATED") != 0 && strcmp(status, "STARTED") != 0;
 }
 
-/* Refill s->pending with new log lines as SSE events, or the end event. Blocks up to ~15 s. */
+/* Look once: put the new log lines as SSE events into s->pending, or the end event when the
+ * run has ended (or the daemon stops), or a keepalive comment after 15 s of silence. Leaves
+ * s->pending empty when there is nothing to send yet. Never waits. */
 static void stream_fill(struct stream *s)
 {
-    for (int waited = 0; waited < 75; waited++) {
-        char status[16] = "";
-        ft_store_run_status(s->api->store, s->run_id, status, NULL, NULL);
-        char *lines = ft_store_logs_since(s->api->store, s->run_id, s->last_seq, &s->last_seq);
-        size_t cap = 0;
-        s->len = s->off = 0;
-        for (char *p = lines; p && *p;) {
-            char *nl = strchr(p, '\n');
-            size_t n = nl ? (size_t)(nl - p) : strlen(p);
-            append(&s->pending, &s->len, &cap, "data: ", 6);
-            append(&s->pending, &s->len, &cap, p, n);
-            append(&s->pending, &s->len, &cap, "\n\n", 2);
-            p += n + (nl ? 1 : 0);
-        }
-        free(lines);
-        if (s->len)
-            return;
-        if (!status[0] || terminal(status) || (s->api->stopping && *s->api->stopping)) {
-            char end[64];
-            snprintf(end, sizeof end, "event: end\ndata: %s\n\n", status[0] ? status : "GONE");
-            append(&s->pending, &s->len, &cap, end, strlen(end));
-            s->done = 1;
-            return;
-        }
-        struct timespec ts = {0, 200 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+    struct ft_api *api = s->srv->api;
+    char status[16] = "";
+    ft_store_run_status(api->store, s->run_id, status, NULL, NULL);
+    char *lines = ft_store_logs_since(api->store, s->run_id, s->last_seq, &s->last_seq);
+    s->len = s->off = 0;
+    for (char *p = lines; p && *p;) {
+        char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        append(&s->pending, &s->len, &s->cap, "data: ", 6);
+        append(&s->pending, &s->len, &s->cap, p, n);
+        append(&s->pending, &s->len, &s->cap, "\n\n", 2);
+        p += n + (nl ? 1 : 0);
     }
-    size_t cap = 0;
-    append(&s->pending, &s->len, &cap, ": keepalive\n\n", 13);
+    free(lines);
+    if (s->len)
+        return;
+    if (!status[0] || terminal(status) || (api->stopping && *api->stopping)) {
+        char end[64];
+        snprintf(end, sizeof end, "event: end\ndata: %s\n\n", status[0] ? status : "GONE");
+        append(&s->pending, &s->len, &s->cap, end, strlen(end));
+        s->done = 1;
+    } else if (mono_now() - s->last_sent >= 15.0) {
+        append(&s->pending, &s->len, &s->cap, ": keepalive\n\n", 13);
+    }
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct stream *s = cls;
+    struct ft_http_server *srv = s->srv;
     (void)pos;
     if (s->off == s->len) {
         if (s->done)
             return MHD_CONTENT_READER_END_OF_STREAM;
         stream_fill(s);
     }
+    if (s->off == s->len) {
+        /* nothing yet: park the connection until the ticker resumes it (MHD allows suspending
+         * from a content reader; returning 0 then does not spin) */
+        pthread_mutex_lock(&srv->mu);
+        if (srv->closing) {
+            pthread_mutex_unlock(&srv->mu);
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        }
+        s->next_waiting = srv->waiting;
+        srv->waiting = s;
+        MHD_suspend_connection(s->mc);
+        pthread_mutex_unlock(&srv->mu);
+        return 0;
+    }
     size_t n = s->len - s->off < max ? s->len - s->off : max;
     memcpy(buf, s->pending + s->off, n);
     s->off += n;
+    s->last_sent = mono_now();
     return (ssize_t)n;
+}
+
+/* Resume every suspended log stream. Called without srv->mu held, so no lock of ours is held
+ * while MHD takes its own; a parked connection cannot end before it is resumed, and nothing
+ * of a stream is touched after its resume. */
+static void resume_waiting(struct ft_http_server *srv)
+{
+    pthread_mutex_lock(&srv->mu);
+    struct stream *s = srv->waiting;
+    srv->waiting = NULL;
+    pthread_mutex_unlock(&srv->mu);
+    while (s) {
+        struct stream *next = s->next_waiting;
+        struct MHD_Connection *mc = s->mc;
+        s->next_waiting = NULL;
+        MHD_resume_connection(mc);
+        s = next;
+    }
 }
 
 static void stream_free(void *cls)
 {
     struct stream *s = cls;
+    struct ft_http_server *srv = s->srv;
+    pthread_mutex_lock(&srv->mu); /* MHD frees a response only with its connection running */
+    for (struct stream **pp = &srv->waiting; *pp; pp = &(*pp)->next_waiting) {
+        if (*pp == s) {
+            *pp = s->next_waiting;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
     free(s->pending);
     free(s);
 }
 
-static struct MHD_Response *make_response(struct ft_http_server *srv, struct ft_http_response *r)
+static struct MHD_Response *make_response(struct ft_http_server *srv, struct MHD_Connection *mc,
+                                          struct ft_http_response *r)
 {
     if (r->kind == FT_BODY_FILE) {
         int fd = open(r->file_path, O_RDONLY | O_CLOEXEC);
@@ -320,8 +376,10 @@ static struct MHD_Response *make_response(struct ft_http_server *srv, struct ft_
         struct stream *s = calloc(1, sizeof *s);
         if (!s)
             return NULL;
-        s->api = srv->api;
+        s->srv = srv;
+        s->mc = mc;
         s->run_id = r->run_id;
+        s->last_sent = mono_now();
         return MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s,
                                                  stream_free);
     }
@@ -335,7 +393,7 @@ static struct MHD_Response *make_response(struct ft_http_server *srv, struct ft_
 static enum MHD_Result reply(struct MHD_Connection *mc, struct ft_http_server *srv,
                              struct ft_http_response *r)
 {
-    struct MHD_Response *resp = make_response(srv, r);
+    struct MHD_Response *resp = make_response(srv, mc, r);
     if (!resp) {
         static const char oom[] =
             "{\"error\":{\"code\":\"internal_error\",\"message\":\"could not build the "
@@ -376,13 +434,6 @@ static enum MHD_Result send_error(struct MHD_Connection *mc, struct ft_http_serv
 
 /* ---- slow clients ---- */
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* done = 1: mc's request headers are complete; 0: its request ended, the next one's deadline
  * starts now. */
 static void watch_headers_done(struct ft_http_server *srv, struct MHD_Connection *mc, int done)
@@ -400,7 +451,7 @@ static void watch_headers_done(struct ft_http_server *srv, struct MHD_Connection
 }
 
 /* MHD_OPTION_NOTIFY_CONNECTION: register a new connection, forget a closed one. MHD notifies
- * CLOSED before it closes the socket, so the reaper never shuts down a reused descriptor. */
+ * CLOSED before it closes the socket, so the ticker never shuts down a reused descriptor. */
 static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
@@ -435,22 +486,25 @@ static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_co
     }
 }
 
-/* Every quarter second: shut down the connections past their header deadline. */
-static void *reaper_main(void *arg)
+/* Every 200 ms: resume the suspended log streams, and shut down the connections past their
+ * header deadline (when there is one). */
+static void *ticker_main(void *arg)
 {
     struct ft_http_server *srv = arg;
-    pthread_mutex_lock(&srv->mu);
-    while (!srv->stop) {
+    for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 250 * 1000 * 1000;
+        ts.tv_nsec += 200 * 1000 * 1000;
         if (ts.tv_nsec >= 1000000000) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000;
         }
-        pthread_cond_timedwait(&srv->cv, &srv->mu, &ts);
+        pthread_mutex_lock(&srv->mu);
+        if (!srv->stop)
+            pthread_cond_timedwait(&srv->cv, &srv->mu, &ts);
+        int stop = srv->stop;
         double now = mono_now();
-        for (struct watch *w = srv->watches; w; w = w->next) {
+        for (struct watch *w = srv->watches; w && srv->lim.header_timeout_s; w = w->next) {
             if (!w->waiting || w->shut || now - w->since < srv->lim.header_timeout_s)
                 continue;
             w->shut = 1;
@@ -459,9 +513,11 @@ static void *reaper_main(void *arg)
                    "closed a connection whose request headers were not complete within %u s",
                    srv->lim.header_timeout_s);
         }
+        pthread_mutex_unlock(&srv->mu);
+        resume_waiting(srv);
+        if (stop)
+            return NULL;
     }
-    pthread_mutex_unlock(&srv->mu);
-    return NULL;
 }
 
 /* MHD_OPTION_EXTERNAL_LOGGER: libmicrohttpd's messages (a refused connection over a limit, a
@@ -579,13 +635,13 @@ ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port,
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->cv, NULL);
     srv->mhd = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
         (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, srv, MHD_OPTION_CONNECTION_TIMEOUT,
         lim->idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT, lim->max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, lim->per_ip, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
-        NULL, MHD_OPTION_END);
+        NULL, MHD_OPTION_THREAD_POOL_SIZE, lim->threads, MHD_OPTION_END);
     if (!srv->mhd) {
         ft_log(FT_LOG_ERROR, "http", "cannot listen on %s:%d: %s", host, port, strerror(errno));
         ft_http_stop(srv);
@@ -593,14 +649,12 @@ ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port,
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : port;
-    if (lim->header_timeout_s > 0) {
-        if (pthread_create(&srv->reaper, NULL, reaper_main, srv) != 0) {
-            ft_log(FT_LOG_ERROR, "http", "cannot start the connection reaper thread");
-            ft_http_stop(srv);
-            return NULL;
-        }
-        srv->reaper_started = 1;
+    if (pthread_create(&srv->ticker, NULL, ticker_main, srv) != 0) {
+        ft_log(FT_LOG_ERROR, "http", "cannot start the ticker thread");
+        ft_http_stop(srv);
+        return NULL;
     }
+    srv->ticker_started = 1;
     return srv;
 }
 
@@ -613,13 +667,15 @@ void ft_http_stop(ft_http_server *srv)
 {
     if (!srv)
         return;
-    if (srv->reaper_started) {
-        pthread_mutex_lock(&srv->mu);
-        srv->stop = 1;
-        pthread_cond_signal(&srv->cv);
-        pthread_mutex_unlock(&srv->mu);
-        pthread_join(srv->reaper, NULL);
-    }
+    /* streams end instead of suspending again; the ticker resumes the parked ones as it
+     * exits, so MHD stops with no connection suspended */
+    pthread_mutex_lock(&srv->mu);
+    srv->closing = 1;
+    srv->stop = 1;
+    pthread_cond_signal(&srv->cv);
+    pthread_mutex_unlock(&srv->mu);
+    if (srv->ticker_started)
+        pthread_join(srv->ticker, NULL);
     if (srv->mhd)
         MHD_stop_daemon(srv->mhd);
     pthread_cond_destroy(&srv->cv);

@@ -62,18 +62,19 @@ typedef struct ft_http_server ft_http_server;
 /* Connection limits (server/config.h has the flags and their defaults). */
 struct ft_http_limits {
     size_t max_upload;         /* bytes of a dataset upload (413 beyond); JSON bodies: 1 MiB */
-    unsigned max_connections;  /* open connections at once (a thread each) */
+    unsigned threads;          /* threads serving connections (MHD's pool, an epoll loop each) */
+    unsigned max_connections;  /* open connections at once */
     unsigned per_ip;           /* open connections from one client address; more are closed
-                                * at accept, before a thread is made */
+                                * at accept */
     unsigned idle_timeout_s;   /* a connection silent this long is closed */
     unsigned header_timeout_s; /* a connection whose request line and headers are not complete
                                 * this long after it opened (or after its previous request
                                 * ended) is shut down, however slowly it keeps sending: a
-                                * slow-loris client cannot hold a thread. 0 = no deadline */
+                                * slow-loris client cannot keep its place. 0 = no deadline */
 };
 
-/* Start listening on host:port (thread per connection) with the limits lim (copied). NULL on
- * failure (logged). */
+/* Start listening on host:port (a pool of lim->threads threads) with the limits lim (copied). NULL
+ * on failure (logged). */
 ft_http_server *ft_http_start(struct ft_api *api, const char *host, int port,
                               const struct ft_http_limits *lim);
 /* The port actually bound (for --port 0). */

@@ -160,7 +160,11 @@ static int run_daemon(const struct ft_config *cfg)
                          .require_token = require_token,
                          .max_queued_runs = cfg->max_queued_runs,
                          .max_json_depth = cfg->max_json_depth};
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned threads =
+        cfg->http_threads > 0 ? (unsigned)cfg->http_threads : (unsigned)(cores > 2 ? cores : 2);
     struct ft_http_limits lim = {.max_upload = api.max_upload,
+                                 .threads = threads,
                                  .max_connections = (unsigned)cfg->max_connections,
                                  .per_ip = (unsigned)cfg->max_connections_per_ip,
                                  .idle_timeout_s = (unsigned)cfg->connection_timeout,

@@ -22,10 +22,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Prepared statements kept for reuse, keyed by their SQL text: a request's queries are the
+ * same few every time, and preparing (parsing) them was a tenth of a status request. */
+#define STMT_CACHE 64
+
+struct cached_stmt {
+    char *sql; /* owned copy of the key */
+    uint64_t hash;
+    sqlite3_stmt *st;
+    int busy; /* handed out by prep, not yet given back by done */
+};
+
 struct ft_store {
     sqlite3 *db;
     char *dir;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu; /* guards db and cache */
+    struct cached_stmt cache[STMT_CACHE];
+    int ncache;
 };
 
 /* Schema version FT_STORE_SCHEMA_VERSION (PRAGMA user_version). Names are unique per owner. */
@@ -77,6 +90,20 @@ static void unlock(ft_store *s)
     pthread_mutex_unlock(&s->mu);
 }
 
+void ft_store_read_begin(ft_store *s)
+{
+    lock(s);
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        ft_log(FT_LOG_WARN, "store", "BEGIN failed: %s", sqlite3_errmsg(s->db));
+}
+
+void ft_store_read_end(ft_store *s)
+{
+    if (!sqlite3_get_autocommit(s->db))
+        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    unlock(s);
+}
+
 static enum ft_err db_error(ft_store *s, struct ft_error *err, const char *what)
 {
     int rc = sqlite3_errcode(s->db);
@@ -86,15 +113,62 @@ static enum ft_err db_error(ft_store *s, struct ft_error *err, const char *what)
                         "database error while %s: %s", what, sqlite3_errmsg(s->db));
 }
 
-/* Prepare sql and bind the text arguments ("s") and integers ("i") given in types. */
-static sqlite3_stmt *prep(ft_store *s, const char *sql, const char *types, ...)
+static uint64_t fnv1a(const char *p)
 {
+    uint64_t h = 1469598103934665603ull;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return h;
+}
+
+/* A statement for sql: a cached one not in use, else a new one (cached while there is room). */
+static sqlite3_stmt *stmt_get(ft_store *s, const char *sql)
+{
+    uint64_t h = fnv1a(sql);
+    for (int i = 0; i < s->ncache; i++) {
+        struct cached_stmt *c = &s->cache[i];
+        if (!c->busy && c->hash == h && strcmp(c->sql, sql) == 0) {
+            c->busy = 1;
+            return c->st;
+        }
+    }
     sqlite3_stmt *st = NULL;
-    va_list ap;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
         ft_log(FT_LOG_ERROR, "store", "prepare failed: %s: %s", sqlite3_errmsg(s->db), sql);
+        sqlite3_finalize(st);
         return NULL;
     }
+    char *key = s->ncache < STMT_CACHE ? strdup(sql) : NULL;
+    if (key)
+        s->cache[s->ncache++] = (struct cached_stmt){key, h, st, 1};
+    return st;
+}
+
+/* Give back a statement from prep: a cached one is reset for the next use (ending its read),
+ * another one finalized. NULL is a no-op. */
+static void done(ft_store *s, sqlite3_stmt *st)
+{
+    if (!st)
+        return;
+    for (int i = 0; i < s->ncache; i++) {
+        if (s->cache[i].st == st) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            s->cache[i].busy = 0;
+            return;
+        }
+    }
+    sqlite3_finalize(st);
+}
+
+/* Prepare sql (or reuse it) and bind the text arguments ("s") and integers ("i") given in
+ * types. Give the statement back with done(). */
+static sqlite3_stmt *prep(ft_store *s, const char *sql, const char *types, ...)
+{
+    sqlite3_stmt *st = stmt_get(s, sql);
+    va_list ap;
+    if (!st)
+        return NULL;
     va_start(ap, types);
     for (int i = 0; types && types[i]; i++) {
         if (types[i] == 's') {
@@ -111,13 +185,13 @@ static sqlite3_stmt *prep(ft_store *s, const char *sql, const char *types, ...)
     return st;
 }
 
-/* Run a statement that returns no rows; SQLITE_DONE on success. */
-static int exec_stmt(sqlite3_stmt *st)
+/* Run a statement that returns no rows and give it back; SQLITE_DONE on success. */
+static int exec_stmt(ft_store *s, sqlite3_stmt *st)
 {
     if (!st)
         return SQLITE_ERROR;
     int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
+    done(s, st);
     return rc == SQLITE_ROW ? SQLITE_DONE : rc;
 }
 
@@ -155,7 +229,7 @@ static int64_t query_int(ft_store *s, const char *sql)
 {
     sqlite3_stmt *st = prep(s, sql, NULL);
     int64_t v = st && sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
-    sqlite3_finalize(st);
+    done(s, st);
     return v;
 }
 
@@ -212,7 +286,13 @@ enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error 
     if (!s || !(s->dir = strdup(data_dir)))
         e = ft_error_set(err, FT_ENOMEM, NULL, "out of memory");
     if (e == FT_OK) {
-        pthread_mutex_init(&s->mu, NULL);
+        /* recursive: a request's read transaction (ft_store_read_begin) holds it around the
+         * store calls of its handler, which take it again */
+        pthread_mutexattr_t ma;
+        pthread_mutexattr_init(&ma);
+        pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+        pthread_mutex_init(&s->mu, &ma);
+        pthread_mutexattr_destroy(&ma);
         dbpath = path_join(data_dir, "finetunerd.db");
         dsdir = path_join(data_dir, "datasets");
         rundir = path_join(data_dir, "runs");
@@ -247,6 +327,10 @@ void ft_store_close(ft_store *s)
 {
     if (!s)
         return;
+    for (int i = 0; i < s->ncache; i++) {
+        sqlite3_finalize(s->cache[i].st);
+        free(s->cache[i].sql);
+    }
     if (s->db)
         sqlite3_close(s->db);
     if (s->dir)
@@ -300,8 +384,8 @@ static json_t *row_json(sqlite3_stmt *st)
     return o;
 }
 
-/* All rows as an array (NULL on error). Finalizes st. */
-static json_t *rows_json(sqlite3_stmt *st)
+/* All rows as an array (NULL on error). Gives st back. */
+static json_t *rows_json(ft_store *s, sqlite3_stmt *st)
 {
     json_t *arr = json_array();
     int rc;
@@ -311,7 +395,7 @@ static json_t *rows_json(sqlite3_stmt *st)
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         json_array_append_new(arr, row_json(st));
-    sqlite3_finalize(st);
+    done(s, st);
     if (rc != SQLITE_DONE) {
         json_decref(arr);
         return NULL;
@@ -319,13 +403,13 @@ static json_t *rows_json(sqlite3_stmt *st)
     return arr;
 }
 
-/* The first row as an object, or NULL when there is none. Finalizes st. */
-static json_t *one_json(sqlite3_stmt *st)
+/* The first row as an object, or NULL when there is none. Gives st back. */
+static json_t *one_json(ft_store *s, sqlite3_stmt *st)
 {
     json_t *o = NULL;
     if (st && sqlite3_step(st) == SQLITE_ROW)
         o = row_json(st);
-    sqlite3_finalize(st);
+    done(s, st);
     return o;
 }
 
@@ -345,9 +429,9 @@ enum ft_err ft_store_dataset_insert(ft_store *s, const char *owner,
 {
     lock(s);
     int rc = exec_stmt(
-        prep(s, "INSERT INTO datasets(owner, " DATASET_COLS ") VALUES(?,?,?,?,?,?,?," NOW ")",
-             "sssiiii", owner, info->name, info->format, info->rows, (int64_t)info->dims,
-             (int64_t)info->labels, info->bytes));
+        s, prep(s, "INSERT INTO datasets(owner, " DATASET_COLS ") VALUES(?,?,?,?,?,?,?," NOW ")",
+                "sssiiii", owner, info->name, info->format, info->rows, (int64_t)info->dims,
+                (int64_t)info->labels, info->bytes));
     enum ft_err e = FT_OK;
     if (rc == SQLITE_CONSTRAINT)
         e = ft_error_set(err, FT_ECONFLICT, "name",
@@ -363,8 +447,8 @@ enum ft_err ft_store_dataset_get(ft_store *s, const char *owner, const char *nam
                                  struct ft_error *err)
 {
     lock(s);
-    *out = one_json(prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE owner = ? AND name = ?",
-                         "ss", owner, name));
+    *out = one_json(s, prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE owner = ? AND name = ?",
+                            "ss", owner, name));
     unlock(s);
     if (!*out)
         return ft_error_set(err, FT_ENOT_FOUND, "dataset", "dataset '%s' does not exist", name);
@@ -374,8 +458,9 @@ enum ft_err ft_store_dataset_get(ft_store *s, const char *owner, const char *nam
 json_t *ft_store_dataset_list(ft_store *s, const char *owner)
 {
     lock(s);
-    json_t *a = rows_json(
-        prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE owner = ? ORDER BY name", "s", owner));
+    json_t *a =
+        rows_json(s, prep(s, "SELECT " DATASET_COLS " FROM datasets WHERE owner = ? ORDER BY name",
+                          "s", owner));
     unlock(s);
     return a;
 }
@@ -385,11 +470,11 @@ enum ft_err ft_store_dataset_delete(ft_store *s, const char *owner, const char *
 {
     enum ft_err e = FT_OK;
     lock(s);
-    json_t *used = one_json(prep(s,
-                                 "SELECT r.name AS run, r.experiment FROM run_datasets d "
-                                 "JOIN runs r ON r.id = d.run_id WHERE d.dataset = ? AND "
-                                 "r.owner = ? AND r.status IN " ACTIVE " LIMIT 1",
-                                 "ss", name, owner));
+    json_t *used = one_json(s, prep(s,
+                                    "SELECT r.name AS run, r.experiment FROM run_datasets d "
+                                    "JOIN runs r ON r.id = d.run_id WHERE d.dataset = ? AND "
+                                    "r.owner = ? AND r.status IN " ACTIVE " LIMIT 1",
+                                    "ss", name, owner));
     if (used) {
         e = ft_error_set(err, FT_ECONFLICT, "dataset",
                          "dataset '%s' is used by run '%s' of experiment '%s', which has not "
@@ -399,7 +484,7 @@ enum ft_err ft_store_dataset_delete(ft_store *s, const char *owner, const char *
         json_decref(used);
     } else {
         int rc = exec_stmt(
-            prep(s, "DELETE FROM datasets WHERE owner = ? AND name = ?", "ss", owner, name));
+            s, prep(s, "DELETE FROM datasets WHERE owner = ? AND name = ?", "ss", owner, name));
         if (rc != SQLITE_DONE)
             e = db_error(s, err, "deleting the dataset");
         else if (sqlite3_changes(s->db) == 0)
@@ -420,10 +505,10 @@ enum ft_err ft_store_dataset_delete(ft_store *s, const char *owner, const char *
 static enum ft_err ensure_locked(ft_store *s, const char *owner, const char *name, int *created,
                                  struct ft_error *err)
 {
-    int rc = exec_stmt(prep(s,
-                            "INSERT OR IGNORE INTO experiments(owner, name, created_at) "
-                            "VALUES(?, ?, " NOW ")",
-                            "ss", owner, name));
+    int rc = exec_stmt(s, prep(s,
+                               "INSERT OR IGNORE INTO experiments(owner, name, created_at) "
+                               "VALUES(?, ?, " NOW ")",
+                               "ss", owner, name));
     if (rc != SQLITE_DONE)
         return db_error(s, err, "creating the experiment");
     if (created)
@@ -448,8 +533,8 @@ enum ft_err ft_store_experiment_get(ft_store *s, const char *owner, const char *
                                     struct ft_error *err)
 {
     lock(s);
-    *out =
-        one_json(prep(s, EXPERIMENT_SELECT " WHERE e.owner = ? AND e.name = ?", "ss", owner, name));
+    *out = one_json(
+        s, prep(s, EXPERIMENT_SELECT " WHERE e.owner = ? AND e.name = ?", "ss", owner, name));
     unlock(s);
     if (!*out)
         return ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist",
@@ -461,7 +546,7 @@ json_t *ft_store_experiment_list(ft_store *s, const char *owner)
 {
     lock(s);
     json_t *a =
-        rows_json(prep(s, EXPERIMENT_SELECT " WHERE e.owner = ? ORDER BY e.name", "s", owner));
+        rows_json(s, prep(s, EXPERIMENT_SELECT " WHERE e.owner = ? ORDER BY e.name", "s", owner));
     unlock(s);
     return a;
 }
@@ -491,20 +576,21 @@ enum ft_err ft_store_experiment_delete(ft_store *s, const char *owner, const cha
 {
     enum ft_err e = FT_OK;
     lock(s);
-    json_t *active = one_json(prep(s,
-                                   "SELECT name FROM runs WHERE owner = ? AND experiment = ? AND "
-                                   "status IN " ACTIVE " LIMIT 1",
-                                   "ss", owner, name));
+    json_t *active =
+        one_json(s, prep(s,
+                         "SELECT name FROM runs WHERE owner = ? AND experiment = ? AND "
+                         "status IN " ACTIVE " LIMIT 1",
+                         "ss", owner, name));
     json_t *ids = rows_json(
-        prep(s, "SELECT id FROM runs WHERE owner = ? AND experiment = ?", "ss", owner, name));
+        s, prep(s, "SELECT id FROM runs WHERE owner = ? AND experiment = ?", "ss", owner, name));
     if (active) {
         e = ft_error_set(err, FT_ECONFLICT, "experiment",
                          "experiment '%s' has run '%s', which has not ended; cancel it first", name,
                          json_string_value(json_object_get(active, "name")));
-    } else if (exec_stmt(prep(s, "DELETE FROM runs WHERE owner = ? AND experiment = ?", "ss", owner,
-                              name)) != SQLITE_DONE ||
-               exec_stmt(prep(s, "DELETE FROM experiments WHERE owner = ? AND name = ?", "ss",
-                              owner, name)) != SQLITE_DONE) {
+    } else if (exec_stmt(s, prep(s, "DELETE FROM runs WHERE owner = ? AND experiment = ?", "ss",
+                                 owner, name)) != SQLITE_DONE ||
+               exec_stmt(s, prep(s, "DELETE FROM experiments WHERE owner = ? AND name = ?", "ss",
+                                 owner, name)) != SQLITE_DONE) {
         e = db_error(s, err, "deleting the experiment");
     } else if (sqlite3_changes(s->db) == 0) {
         e = ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist", name);
@@ -527,14 +613,14 @@ enum ft_err ft_store_experiment_delete(ft_store *s, const char *owner, const cha
 /* A free "run-<n>" name in the experiment of sub (into buf). */
 static void auto_run_name(ft_store *s, const struct ft_run_submission *sub, char *buf, size_t cap)
 {
-    json_t *r = one_json(prep(s, "SELECT COALESCE(MAX(id), 0) + 1 AS n FROM runs", NULL));
+    json_t *r = one_json(s, prep(s, "SELECT COALESCE(MAX(id), 0) + 1 AS n FROM runs", NULL));
     int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 1;
     json_decref(r);
     for (;; n++) { /* a user may have named a run "run-<n>" already */
         snprintf(buf, cap, "run-%lld", (long long)n);
-        json_t *taken =
-            one_json(prep(s, "SELECT 1 FROM runs WHERE owner = ? AND experiment = ? AND name = ?",
-                          "sss", sub->owner, sub->experiment, buf));
+        json_t *taken = one_json(
+            s, prep(s, "SELECT 1 FROM runs WHERE owner = ? AND experiment = ? AND name = ?", "sss",
+                    sub->owner, sub->experiment, buf));
         if (!taken)
             break;
         json_decref(taken);
@@ -548,8 +634,8 @@ static enum ft_err check_queue_room(ft_store *s, const struct ft_run_submission 
     if (sub->max_queued <= 0)
         return FT_OK;
     json_t *r =
-        one_json(prep(s, "SELECT COUNT(*) AS n FROM runs WHERE status = 'CREATED' AND owner = ?",
-                      "s", sub->owner));
+        one_json(s, prep(s, "SELECT COUNT(*) AS n FROM runs WHERE status = 'CREATED' AND owner = ?",
+                         "s", sub->owner));
     if (!r)
         return db_error(s, err, "counting queued runs");
     int64_t n = json_integer_value(json_object_get(r, "n"));
@@ -568,15 +654,15 @@ static enum ft_err insert_run_datasets(ft_store *s, const struct ft_run_submissi
                                        struct ft_error *err)
 {
     for (int i = 0; i < sub->num_datasets; i++) {
-        json_t *ds = one_json(prep(s, "SELECT 1 FROM datasets WHERE owner = ? AND name = ?", "ss",
-                                   sub->owner, sub->datasets[i]));
+        json_t *ds = one_json(s, prep(s, "SELECT 1 FROM datasets WHERE owner = ? AND name = ?",
+                                      "ss", sub->owner, sub->datasets[i]));
         if (!ds)
             return ft_error_set(err, FT_EINVAL, "config",
                                 "dataset '%s' does not exist (it was deleted meanwhile)",
                                 sub->datasets[i]);
         json_decref(ds);
-        if (exec_stmt(prep(s, "INSERT INTO run_datasets(run_id, dataset) VALUES(?, ?)", "is", id,
-                           sub->datasets[i])) != SQLITE_DONE)
+        if (exec_stmt(s, prep(s, "INSERT INTO run_datasets(run_id, dataset) VALUES(?, ?)", "is", id,
+                              sub->datasets[i])) != SQLITE_DONE)
             return db_error(s, err, "storing the run's datasets");
     }
     return FT_OK;
@@ -594,11 +680,11 @@ static enum ft_err insert_run_locked(ft_store *s, const struct ft_run_submission
         auto_run_name(s, sub, auto_name, sizeof auto_name);
         name = auto_name;
     }
-    int rc = exec_stmt(prep(s,
-                            "INSERT INTO runs(owner, experiment, name, description, config, "
-                            "created_at) VALUES(?, ?, ?, ?, ?, " NOW ")",
-                            "sssss", sub->owner, sub->experiment, name, sub->description,
-                            sub->config_json));
+    int rc = exec_stmt(s, prep(s,
+                               "INSERT INTO runs(owner, experiment, name, description, config, "
+                               "created_at) VALUES(?, ?, ?, ?, ?, " NOW ")",
+                               "sssss", sub->owner, sub->experiment, name, sub->description,
+                               sub->config_json));
     if (rc == SQLITE_CONSTRAINT)
         return ft_error_set(err, FT_ECONFLICT, "name", "run '%s' already exists in experiment '%s'",
                             name, sub->experiment);
@@ -632,11 +718,11 @@ enum ft_err ft_store_run_find(ft_store *s, const char *owner, const char *experi
 {
     lock(s);
     json_t *r =
-        one_json(prep(s, "SELECT id FROM runs WHERE owner = ? AND experiment = ? AND name = ?",
-                      "sss", owner, experiment, name));
+        one_json(s, prep(s, "SELECT id FROM runs WHERE owner = ? AND experiment = ? AND name = ?",
+                         "sss", owner, experiment, name));
     json_t *ex = r ? NULL
-                   : one_json(prep(s, "SELECT 1 FROM experiments WHERE owner = ? AND name = ?",
-                                   "ss", owner, experiment));
+                   : one_json(s, prep(s, "SELECT 1 FROM experiments WHERE owner = ? AND name = ?",
+                                      "ss", owner, experiment));
     unlock(s);
     if (!r) {
         enum ft_err e =
@@ -656,7 +742,7 @@ enum ft_err ft_store_run_owner(ft_store *s, int64_t id, char owner[FT_OWNER_MAX]
                                struct ft_error *err)
 {
     lock(s);
-    json_t *r = one_json(prep(s, "SELECT owner FROM runs WHERE id = ?", "i", id));
+    json_t *r = one_json(s, prep(s, "SELECT owner FROM runs WHERE id = ?", "i", id));
     unlock(s);
     if (!r)
         return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
@@ -680,7 +766,7 @@ static void expand_config(json_t *run)
 enum ft_err ft_store_run_get(ft_store *s, int64_t id, json_t **out, struct ft_error *err)
 {
     lock(s);
-    *out = one_json(prep(s, RUN_SELECT " WHERE id = ?", "i", id));
+    *out = one_json(s, prep(s, RUN_SELECT " WHERE id = ?", "i", id));
     unlock(s);
     if (!*out)
         return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
@@ -693,14 +779,14 @@ enum ft_err ft_store_run_list(ft_store *s, const char *owner, const char *experi
 {
     lock(s);
     json_t *ex =
-        one_json(prep(s, "SELECT COUNT(*) AS n FROM experiments WHERE owner = ? AND name = ?", "ss",
-                      owner, experiment));
+        one_json(s, prep(s, "SELECT COUNT(*) AS n FROM experiments WHERE owner = ? AND name = ?",
+                         "ss", owner, experiment));
     json_t *total =
-        one_json(prep(s, "SELECT COUNT(*) AS n FROM runs WHERE owner = ? AND experiment = ?", "ss",
-                      owner, experiment));
+        one_json(s, prep(s, "SELECT COUNT(*) AS n FROM runs WHERE owner = ? AND experiment = ?",
+                         "ss", owner, experiment));
     json_t *runs = rows_json(
-        prep(s, RUN_SELECT " WHERE owner = ? AND experiment = ? ORDER BY id LIMIT ? OFFSET ?",
-             "ssii", owner, experiment, (int64_t)limit, (int64_t)offset));
+        s, prep(s, RUN_SELECT " WHERE owner = ? AND experiment = ? ORDER BY id LIMIT ? OFFSET ?",
+                "ssii", owner, experiment, (int64_t)limit, (int64_t)offset));
     unlock(s);
     enum ft_err e = FT_OK;
     if (!ex || !total || !runs)
@@ -728,7 +814,7 @@ enum ft_err ft_store_run_status(ft_store *s, int64_t id, char *status, char **de
                                 struct ft_error *err)
 {
     lock(s);
-    json_t *r = one_json(prep(s, "SELECT status, details FROM runs WHERE id = ?", "i", id));
+    json_t *r = one_json(s, prep(s, "SELECT status, details FROM runs WHERE id = ?", "i", id));
     unlock(s);
     if (!r)
         return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
@@ -744,7 +830,7 @@ enum ft_err ft_store_run_status(ft_store *s, int64_t id, char *status, char **de
 enum ft_err ft_store_run_config(ft_store *s, int64_t id, char **config, struct ft_error *err)
 {
     lock(s);
-    json_t *r = one_json(prep(s, "SELECT config FROM runs WHERE id = ?", "i", id));
+    json_t *r = one_json(s, prep(s, "SELECT config FROM runs WHERE id = ?", "i", id));
     unlock(s);
     if (!r)
         return ft_error_set(err, FT_ENOT_FOUND, "run", "run %lld does not exist", (long long)id);
@@ -757,7 +843,7 @@ enum ft_err ft_store_run_config(ft_store *s, int64_t id, char **config, struct f
 static const char *run_name(ft_store *s, int64_t id)
 {
     static __thread char name[128];
-    json_t *r = one_json(prep(s, "SELECT name FROM runs WHERE id = ?", "i", id));
+    json_t *r = one_json(s, prep(s, "SELECT name FROM runs WHERE id = ?", "i", id));
     snprintf(name, sizeof name, "%s", r ? json_string_value(json_object_get(r, "name")) : "?");
     json_decref(r);
     return name;
@@ -767,17 +853,18 @@ enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
 {
     enum ft_err e = FT_OK;
     lock(s);
-    int rc = exec_stmt(prep(s,
-                            "UPDATE runs SET status = 'CANCELED', details = 'canceled before it "
-                            "started', finished_at = " NOW " WHERE id = ? AND status = 'CREATED'",
-                            "i", id));
+    int rc =
+        exec_stmt(s, prep(s,
+                          "UPDATE runs SET status = 'CANCELED', details = 'canceled before it "
+                          "started', finished_at = " NOW " WHERE id = ? AND status = 'CREATED'",
+                          "i", id));
     if (rc == SQLITE_DONE && sqlite3_changes(s->db) == 0)
-        rc = exec_stmt(prep(
-            s,
-            "UPDATE runs SET cancel_requested = 1, details = 'cancel requested; the run stops at "
-            "the next batch' WHERE id = ? AND status = "
-            "'STARTED'",
-            "i", id));
+        rc = exec_stmt(s, prep(s,
+                               "UPDATE runs SET cancel_requested = 1, details = 'cancel requested; "
+                               "the run stops at "
+                               "the next batch' WHERE id = ? AND status = "
+                               "'STARTED'",
+                               "i", id));
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "canceling the run");
     else if (sqlite3_changes(s->db) == 0)
@@ -789,7 +876,7 @@ enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
 int ft_store_run_cancel_requested(ft_store *s, int64_t id)
 {
     lock(s);
-    json_t *r = one_json(prep(s, "SELECT cancel_requested FROM runs WHERE id = ?", "i", id));
+    json_t *r = one_json(s, prep(s, "SELECT cancel_requested FROM runs WHERE id = ?", "i", id));
     unlock(s);
     int yes = r && json_integer_value(json_object_get(r, "cancel_requested"));
     json_decref(r);
@@ -800,7 +887,8 @@ enum ft_err ft_store_run_delete(ft_store *s, int64_t id, struct ft_error *err)
 {
     enum ft_err e = FT_OK;
     lock(s);
-    int rc = exec_stmt(prep(s, "DELETE FROM runs WHERE id = ? AND status != 'STARTED'", "i", id));
+    int rc =
+        exec_stmt(s, prep(s, "DELETE FROM runs WHERE id = ? AND status != 'STARTED'", "i", id));
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "deleting the run");
     else if (sqlite3_changes(s->db) == 0)
@@ -817,16 +905,16 @@ enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *e
     enum ft_err e = FT_OK;
     lock(s);
     sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-    json_t *r =
-        one_json(prep(s, "SELECT id FROM runs WHERE status = 'CREATED' ORDER BY id LIMIT 1", NULL));
+    json_t *r = one_json(
+        s, prep(s, "SELECT id FROM runs WHERE status = 'CREATED' ORDER BY id LIMIT 1", NULL));
     if (!r) {
         e = FT_ENOT_FOUND;
     } else {
         *id = json_integer_value(json_object_get(r, "id"));
-        if (exec_stmt(prep(s,
-                           "UPDATE runs SET status = 'STARTED', started_at = " NOW
-                           " WHERE id = ? AND status = 'CREATED'",
-                           "i", *id)) != SQLITE_DONE)
+        if (exec_stmt(s, prep(s,
+                              "UPDATE runs SET status = 'STARTED', started_at = " NOW
+                              " WHERE id = ? AND status = 'CREATED'",
+                              "i", *id)) != SQLITE_DONE)
             e = db_error(s, err, "starting a run");
         else if (sqlite3_changes(s->db) != 1)
             e = FT_ENOT_FOUND; /* canceled meanwhile: never start a run that is not CREATED */
@@ -840,17 +928,17 @@ enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *e
 void ft_store_run_set_pid(ft_store *s, int64_t id, pid_t pid)
 {
     lock(s);
-    exec_stmt(prep(s, "UPDATE runs SET pid = ? WHERE id = ?", "ii", (int64_t)pid, id));
+    exec_stmt(s, prep(s, "UPDATE runs SET pid = ? WHERE id = ?", "ii", (int64_t)pid, id));
     unlock(s);
 }
 
 enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, const char *details)
 {
     lock(s);
-    int rc = exec_stmt(prep(s,
-                            "UPDATE runs SET status = ?, details = ?, finished_at = " NOW
-                            " WHERE id = ? AND status IN " ACTIVE,
-                            "ssi", status, details, id));
+    int rc = exec_stmt(s, prep(s,
+                               "UPDATE runs SET status = ?, details = ?, finished_at = " NOW
+                               " WHERE id = ? AND status IN " ACTIVE,
+                               "ssi", status, details, id));
     int changed = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
     unlock(s);
     if (rc != SQLITE_DONE)
@@ -863,20 +951,20 @@ static void requeue_locked(ft_store *s, int64_t id, const char *why)
 {
     /* logs and metrics stay: the worker goes on from the run's resume state and drops the
      * metrics after it (server/worker.c) */
-    exec_stmt(prep(s,
-                   "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
-                   "+ 1 FROM logs WHERE run_id = ?1), ?)",
-                   "is", id, why));
+    exec_stmt(s, prep(s,
+                      "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
+                      "+ 1 FROM logs WHERE run_id = ?1), ?)",
+                      "is", id, why));
     /* its cancel was asked for: it ends here rather than being queued to stop again */
-    exec_stmt(prep(s,
-                   "UPDATE runs SET status = 'CANCELED', details = 'canceled while its worker "
-                   "was interrupted', finished_at = " NOW ", pid = NULL "
-                   "WHERE id = ? AND status = 'STARTED' AND cancel_requested = 1",
-                   "i", id));
-    exec_stmt(prep(s,
-                   "UPDATE runs SET status = 'CREATED', started_at = NULL, pid = NULL "
-                   "WHERE id = ? AND status = 'STARTED'",
-                   "i", id));
+    exec_stmt(s, prep(s,
+                      "UPDATE runs SET status = 'CANCELED', details = 'canceled while its worker "
+                      "was interrupted', finished_at = " NOW ", pid = NULL "
+                      "WHERE id = ? AND status = 'STARTED' AND cancel_requested = 1",
+                      "i", id));
+    exec_stmt(s, prep(s,
+                      "UPDATE runs SET status = 'CREATED', started_at = NULL, pid = NULL "
+                      "WHERE id = ? AND status = 'STARTED'",
+                      "i", id));
 }
 
 void ft_store_run_requeue(ft_store *s, int64_t id, const char *why)
@@ -889,7 +977,7 @@ void ft_store_run_requeue(ft_store *s, int64_t id, const char *why)
 int ft_store_runs_requeue_started(ft_store *s, const char *why)
 {
     lock(s);
-    json_t *ids = rows_json(prep(s, "SELECT id FROM runs WHERE status = 'STARTED'", NULL));
+    json_t *ids = rows_json(s, prep(s, "SELECT id FROM runs WHERE status = 'STARTED'", NULL));
     size_t i;
     json_t *row;
     json_array_foreach(ids, i, row)
@@ -912,7 +1000,7 @@ int ft_store_runs_started(ft_store *s, int64_t *ids, pid_t *pids, int cap)
         ids[n] = sqlite3_column_int64(st, 0);
         pids[n++] = (pid_t)sqlite3_column_int64(st, 1);
     }
-    sqlite3_finalize(st);
+    done(s, st);
     unlock(s);
     return n;
 }
@@ -932,10 +1020,10 @@ char *ft_store_artifact_path(const ft_store *s, int64_t id)
 void ft_store_log_append(ft_store *s, int64_t id, const char *line)
 {
     lock(s);
-    exec_stmt(prep(s,
-                   "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
-                   "+ 1 FROM logs WHERE run_id = ?1), ?)",
-                   "is", id, line));
+    exec_stmt(s, prep(s,
+                      "INSERT INTO logs(run_id, seq, line) VALUES(?, (SELECT COALESCE(MAX(seq), 0) "
+                      "+ 1 FROM logs WHERE run_id = ?1), ?)",
+                      "is", id, line));
     unlock(s);
 }
 
@@ -967,7 +1055,7 @@ char *ft_store_logs_since(ft_store *s, int64_t id, int64_t after, int64_t *last_
         if (last_seq)
             *last_seq = sqlite3_column_int64(st, 0);
     }
-    sqlite3_finalize(st);
+    done(s, st);
     unlock(s);
     return buf;
 }
@@ -978,7 +1066,8 @@ void ft_store_metrics_put(ft_store *s, int64_t id, const char *phase, int epoch,
     if (!text)
         return;
     lock(s);
-    exec_stmt(prep(s, "INSERT OR REPLACE INTO metrics(run_id, phase, epoch, data) VALUES(?,?,?,?)",
+    exec_stmt(s,
+              prep(s, "INSERT OR REPLACE INTO metrics(run_id, phase, epoch, data) VALUES(?,?,?,?)",
                    "isis", id, phase, (int64_t)epoch, text));
     unlock(s);
     free(text);
@@ -1004,7 +1093,7 @@ json_t *ft_store_metrics_get(ft_store *s, int64_t id)
         else
             json_object_set_new(out, phase, v);
     }
-    sqlite3_finalize(st);
+    done(s, st);
     unlock(s);
     return out;
 }
@@ -1012,13 +1101,14 @@ json_t *ft_store_metrics_get(ft_store *s, int64_t id)
 enum ft_err ft_store_metrics_truncate(ft_store *s, int64_t id, int epoch)
 {
     lock(s);
-    int rc = epoch < 0
-                 ? exec_stmt(prep(s, "DELETE FROM metrics WHERE run_id = ?", "i", id))
-                 : exec_stmt(prep(s,
-                                  "DELETE FROM metrics WHERE run_id = ?1 AND ((phase = 'epoch' AND "
-                                  "epoch > ?2) OR phase IN ('after', 'examples_after') OR "
-                                  "(phase = 'step' AND json_extract(data, '$.epoch') > ?2))",
-                                  "ii", id, (int64_t)epoch));
+    int rc =
+        epoch < 0
+            ? exec_stmt(s, prep(s, "DELETE FROM metrics WHERE run_id = ?", "i", id))
+            : exec_stmt(s, prep(s,
+                                "DELETE FROM metrics WHERE run_id = ?1 AND ((phase = 'epoch' AND "
+                                "epoch > ?2) OR phase IN ('after', 'examples_after') OR "
+                                "(phase = 'step' AND json_extract(data, '$.epoch') > ?2))",
+                                "ii", id, (int64_t)epoch));
     unlock(s);
     return rc == SQLITE_DONE ? FT_OK : FT_EDB;
 }
@@ -1026,7 +1116,7 @@ enum ft_err ft_store_metrics_truncate(ft_store *s, int64_t id, int epoch)
 int64_t ft_store_metrics_count(ft_store *s, int64_t id)
 {
     lock(s);
-    json_t *r = one_json(prep(s, "SELECT COUNT(*) AS n FROM metrics WHERE run_id = ?", "i", id));
+    json_t *r = one_json(s, prep(s, "SELECT COUNT(*) AS n FROM metrics WHERE run_id = ?", "i", id));
     unlock(s);
     int64_t n = r ? json_integer_value(json_object_get(r, "n")) : 0;
     json_decref(r);
@@ -1047,7 +1137,7 @@ json_t *ft_store_examples_get(ft_store *s, int64_t id)
         if (v)
             json_object_set_new(out, strcmp(phase, "examples_before") == 0 ? "before" : "after", v);
     }
-    sqlite3_finalize(st);
+    done(s, st);
     unlock(s);
     return out;
 }
@@ -1058,8 +1148,9 @@ enum ft_err ft_store_token_insert(ft_store *s, const char *name, const char *has
                                   struct ft_error *err)
 {
     lock(s);
-    int rc = exec_stmt(prep(s, "INSERT INTO tokens(name, hash, created_at) VALUES(?, ?, " NOW ")",
-                            "ss", name, hash));
+    int rc =
+        exec_stmt(s, prep(s, "INSERT INTO tokens(name, hash, created_at) VALUES(?, ?, " NOW ")",
+                          "ss", name, hash));
     enum ft_err e = FT_OK;
     if (rc == SQLITE_CONSTRAINT)
         e = ft_error_set(err, FT_ECONFLICT, "name",
@@ -1073,7 +1164,7 @@ enum ft_err ft_store_token_insert(ft_store *s, const char *name, const char *has
 json_t *ft_store_token_list(ft_store *s)
 {
     lock(s);
-    json_t *a = rows_json(prep(s, "SELECT name, created_at FROM tokens ORDER BY name", NULL));
+    json_t *a = rows_json(s, prep(s, "SELECT name, created_at FROM tokens ORDER BY name", NULL));
     unlock(s);
     return a;
 }
@@ -1081,7 +1172,7 @@ json_t *ft_store_token_list(ft_store *s)
 enum ft_err ft_store_token_delete(ft_store *s, const char *name, struct ft_error *err)
 {
     lock(s);
-    int rc = exec_stmt(prep(s, "DELETE FROM tokens WHERE name = ?", "s", name));
+    int rc = exec_stmt(s, prep(s, "DELETE FROM tokens WHERE name = ?", "s", name));
     enum ft_err e = FT_OK;
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "revoking the token");
@@ -1106,7 +1197,7 @@ enum ft_err ft_store_token_owner(ft_store *s, const char *hash, char owner[FT_OW
     int rc = st ? sqlite3_step(st) : SQLITE_ERROR;
     if (rc == SQLITE_ROW)
         snprintf(owner, FT_OWNER_MAX, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
+    done(s, st);
     unlock(s);
     return rc == SQLITE_ROW ? FT_OK : rc == SQLITE_DONE ? FT_ENOT_FOUND : FT_EDB;
 }
@@ -1118,10 +1209,10 @@ static enum ft_err idem_lookup(ft_store *s, const char *owner, const char *key,
                                const char *fingerprint, int *status, char **body,
                                struct ft_error *err)
 {
-    json_t *r = one_json(prep(s,
-                              "SELECT fingerprint, status, response FROM idempotency "
-                              "WHERE owner = ? AND key = ?",
-                              "ss", owner, key));
+    json_t *r = one_json(s, prep(s,
+                                 "SELECT fingerprint, status, response FROM idempotency "
+                                 "WHERE owner = ? AND key = ?",
+                                 "ss", owner, key));
     enum ft_err e = FT_OK;
     if (!r)
         return FT_ENOT_FOUND;
@@ -1153,16 +1244,16 @@ enum ft_err ft_store_idempotency_begin(ft_store *s, const char *owner, const cha
     *status = 0;
     *body = NULL;
     lock(s);
-    exec_stmt(prep(s,
-                   "DELETE FROM idempotency WHERE created_at < "
-                   "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')",
-                   NULL));
+    exec_stmt(s, prep(s,
+                      "DELETE FROM idempotency WHERE created_at < "
+                      "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')",
+                      NULL));
     enum ft_err e = idem_lookup(s, owner, key, fingerprint, status, body, err);
     if (e == FT_ENOT_FOUND) {
-        int rc = exec_stmt(prep(s,
-                                "INSERT INTO idempotency(owner, key, fingerprint, created_at) "
-                                "VALUES(?, ?, ?, " NOW ")",
-                                "sss", owner, key, fingerprint));
+        int rc = exec_stmt(s, prep(s,
+                                   "INSERT INTO idempotency(owner, key, fingerprint, created_at) "
+                                   "VALUES(?, ?, ?, " NOW ")",
+                                   "sss", owner, key, fingerprint));
         e = rc == SQLITE_DONE ? FT_OK : db_error(s, err, "storing the idempotency key");
     }
     unlock(s);
@@ -1173,25 +1264,25 @@ void ft_store_idempotency_finish(ft_store *s, const char *owner, const char *key
                                  const char *body)
 {
     lock(s);
-    exec_stmt(prep(s,
-                   "UPDATE idempotency SET status = ?, response = ? WHERE owner = ? AND key = ? "
-                   "AND status IS NULL",
-                   "isss", (int64_t)status, body, owner, key));
+    exec_stmt(s, prep(s,
+                      "UPDATE idempotency SET status = ?, response = ? WHERE owner = ? AND key = ? "
+                      "AND status IS NULL",
+                      "isss", (int64_t)status, body, owner, key));
     unlock(s);
 }
 
 void ft_store_idempotency_release(ft_store *s, const char *owner, const char *key)
 {
     lock(s);
-    exec_stmt(prep(s, "DELETE FROM idempotency WHERE owner = ? AND key = ? AND status IS NULL",
-                   "ss", owner, key));
+    exec_stmt(s, prep(s, "DELETE FROM idempotency WHERE owner = ? AND key = ? AND status IS NULL",
+                      "ss", owner, key));
     unlock(s);
 }
 
 int ft_store_idempotency_clear_pending(ft_store *s)
 {
     lock(s);
-    int rc = exec_stmt(prep(s, "DELETE FROM idempotency WHERE status IS NULL", NULL));
+    int rc = exec_stmt(s, prep(s, "DELETE FROM idempotency WHERE status IS NULL", NULL));
     int n = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
     unlock(s);
     return n;

@@ -36,6 +36,13 @@ typedef struct ft_store ft_store;
  * (also for a database of another schema version, with a message that says what to do). */
 enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error *err);
 void ft_store_close(ft_store *s);
+
+/* One read transaction around several reads: between begin and end the calling thread holds
+ * the store (other threads' store calls wait) and every read sees one snapshot, at the cost of
+ * one pair of SQLite read locks (fcntl) instead of a pair per statement. Only reads may be
+ * made in between; end commits and releases the store. Not nestable. */
+void ft_store_read_begin(ft_store *s);
+void ft_store_read_end(ft_store *s);
 /* The data directory (borrowed). */
 const char *ft_store_dir(const ft_store *s);
 

@@ -101,8 +101,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     F.api.store = F.store;
     F.api.max_upload = 1u << 20;
     F.api.max_dataset = 64u << 20;
-    struct ft_http_limits lim = {.max_upload = F.api.max_upload, .max_connections = 64,
-                                 .per_ip = 64, .idle_timeout_s = 10, .header_timeout_s = 10};
+    struct ft_http_limits lim = {.max_upload = F.api.max_upload,
+                                 .threads = 2,
+                                 .max_connections = 64,
+                                 .per_ip = 64,
+                                 .idle_timeout_s = 10,
+                                 .header_timeout_s = 10};
     F.srv = ft_http_start(&F.api, "127.0.0.1", 0, &lim);
     FZ_CHECK(F.srv);
     F.port = ft_http_port(F.srv);

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,8 +60,9 @@ static void binary_path(char *buf, size_t cap)
     snprintf(buf, cap, "%s/finetunerd", dir);
 }
 
-/* fork + exec the daemon on d->port; the child never returns. */
-static pid_t spawn(const struct td_daemon *d, const char *exe, const char *const *extra)
+/* fork + exec the daemon on d->port, with RLIMIT_FSIZE = fsize when > 0; the child never
+ * returns. */
+static pid_t spawn(const struct td_daemon *d, const char *exe, const char *const *extra, long fsize)
 {
     char port[16];
     const char *argv[MAX_ARGS];
@@ -81,6 +83,12 @@ static pid_t spawn(const struct td_daemon *d, const char *exe, const char *const
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM);
+        struct rlimit lim;
+        if (fsize > 0 && getrlimit(RLIMIT_FSIZE, &lim) == 0) {
+            lim.rlim_cur = (rlim_t)fsize;
+            if (setrlimit(RLIMIT_FSIZE, &lim) != 0)
+                _exit(126);
+        }
         execv(exe, (char *const *)argv);
         _exit(127);
     }
@@ -107,7 +115,7 @@ static int wait_healthy(struct td_daemon *d)
     return 0;
 }
 
-void td_daemon_start(struct td_daemon *d, const char *const *extra_args)
+static void start(struct td_daemon *d, const char *const *extra_args, long fsize)
 {
     char exe[512];
     memset(d, 0, sizeof *d);
@@ -119,7 +127,7 @@ void td_daemon_start(struct td_daemon *d, const char *const *extra_args)
         d->port = free_port();
         cr_assert(d->port > 0, "no free port");
         snprintf(d->base_url, sizeof d->base_url, "http://127.0.0.1:%d/api/v1", d->port);
-        d->pid = spawn(d, exe, extra_args);
+        d->pid = spawn(d, exe, extra_args, fsize);
         cr_assert(d->pid > 0, "fork: %s", strerror(errno));
         if (wait_healthy(d))
             return;
@@ -131,6 +139,16 @@ void td_daemon_start(struct td_daemon *d, const char *const *extra_args)
     }
     td_remove_tree(d->data_dir);
     cr_assert_fail("finetunerd (%s) did not answer GET /health", exe);
+}
+
+void td_daemon_start(struct td_daemon *d, const char *const *extra_args)
+{
+    start(d, extra_args, 0);
+}
+
+void td_daemon_start_fsize(struct td_daemon *d, const char *const *extra_args, long fsize)
+{
+    start(d, extra_args, fsize);
 }
 
 int td_daemon_stop(struct td_daemon *d)

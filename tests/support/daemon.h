@@ -22,6 +22,10 @@ struct td_daemon {
  * another port when the chosen one was taken meanwhile. Fails the test (cr_assert) otherwise. */
 void td_daemon_start(struct td_daemon *d, const char *const *extra_args);
 
+/* The same, with the daemon's RLIMIT_FSIZE set to fsize bytes (set in the child only): a write
+ * past it fails with EFBIG, as on a full disk. */
+void td_daemon_start_fsize(struct td_daemon *d, const char *const *extra_args, long fsize);
+
 /* SIGTERM the daemon and reap it (SIGKILL after 20 s), then remove its data directory.
  * Returns the waitpid status (-1 when it was not running). Safe to call twice. */
 int td_daemon_stop(struct td_daemon *d);
