@@ -105,9 +105,10 @@ static int check_name(struct ctx *c, const char *name, const char *param)
 {
     if (ft_store_valid_name(name))
         return 1;
+    const char *what = strcmp(param, "name") == 0 ? "" : param; /* not "invalid name name" */
     fail(c, FT_EINVAL, param,
-         "invalid %s name '%.100s': use 1 to 100 of A-Z a-z 0-9 . _ - (not starting with .)", param,
-         name);
+         "invalid %s%sname '%.100s': use 1 to 100 of A-Z a-z 0-9 . _ - (not starting with .)", what,
+         *what ? " " : "", name);
     return 0;
 }
 
@@ -149,7 +150,8 @@ static json_t *body_object(struct ctx *c)
              max_depth);
         return NULL;
     }
-    json_t *o = json_loadb(c->req->body, c->req->body_len, 0, &jerr);
+    /* a key given twice would silently keep the last: ask which one is meant */
+    json_t *o = json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!o) {
         fail(c, FT_EINVAL, "body", "malformed JSON at line %d, column %d: %s", jerr.line,
              jerr.column, jerr.text);

@@ -935,9 +935,14 @@ void ft_store_run_set_pid(ft_store *s, int64_t id, pid_t pid)
 enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, const char *details)
 {
     lock(s);
+    /* a cancel accepted while the run was STARTED wins over a FINISHED that comes after it
+     * (the cancel answered 200: the run must end CANCELED), in the same statement */
     int rc = exec_stmt(s, prep(s,
-                               "UPDATE runs SET status = ?, details = ?, finished_at = " NOW
-                               " WHERE id = ? AND status IN " ACTIVE,
+                               "UPDATE runs SET status = CASE WHEN ?1 = 'FINISHED' AND "
+                               "cancel_requested = 1 THEN 'CANCELED' ELSE ?1 END, details = CASE "
+                               "WHEN ?1 = 'FINISHED' AND cancel_requested = 1 THEN 'canceled as "
+                               "its training ended' ELSE ?2 END, "
+                               "finished_at = " NOW " WHERE id = ?3 AND status IN " ACTIVE,
                                "ssi", status, details, id));
     int changed = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
     unlock(s);

@@ -125,7 +125,9 @@ enum ft_err ft_store_run_delete(ft_store *s, int64_t id, struct ft_error *err);
 enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *err);
 void ft_store_run_set_pid(ft_store *s, int64_t id, pid_t pid);
 /* STARTED -> status (FINISHED | FAILED | CANCELED) with details; only from a non-terminal
- * status: returns FT_ECONFLICT (and changes nothing) when the run already ended. */
+ * status: returns FT_ECONFLICT (and changes nothing) when the run already ended. A FINISHED
+ * for a run whose cancel was accepted (ft_store_run_cancel) becomes CANCELED ("canceled as
+ * its training ended"): a cancel that answered 200 always ends the run CANCELED. */
 enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, const char *details);
 /* STARTED -> CREATED for runs whose worker is gone (daemon start/stop), with the log line why;
  * their logs and metrics stay (the worker trims the metrics when it resumes). A run whose

@@ -280,6 +280,18 @@ int ft_worker_main(int64_t run_id, const char *data_dir)
     if (line[0])
         ft_store_log_append(w.store, run_id, line);
     ft_store_run_finish(w.store, run_id, status, details);
+    char final[16] = "";
+    if (strcmp(status, "FINISHED") == 0 &&
+        ft_store_run_status(w.store, run_id, final, NULL, NULL) == FT_OK &&
+        strcmp(final, "CANCELED") == 0) {
+        /* the cancel came as training ended (store.h): the model goes with the run */
+        char *artifact = ft_store_artifact_path(w.store, run_id);
+        if (artifact)
+            unlink(artifact);
+        free(artifact);
+        ft_store_log_append(w.store, run_id, "Run canceled: the cancel came as its training ended");
+        status = "CANCELED";
+    }
     ft_log(FT_LOG_INFO, "worker", "run=%lld %s: %s", (long long)run_id, status, details);
     ft_store_close(w.store);
     return 0;

@@ -5,7 +5,8 @@
  *    over --max-connections-per-ip from one address are refused while another address (the
  *    whole 127.0.0.0/8 is loopback: sockets bound to 127.0.0.2) is served at once.
  *  - JSON nesting over --max-json-depth is a 400 before any parsing, also for a megabyte of '['.
- *  - two multipart parts of the same name are a 400, not glued together.
+ *  - two multipart parts of the same name, or a JSON key given twice, are a 400 (not glued
+ *    together, not the last one silently).
  * Failing writes are in test_disk_full.c. */
 #include "support/daemon.h"
 #include "support/http_client.h"
@@ -283,5 +284,19 @@ Test(hostile_bodies, two_multipart_parts_of_the_same_name_are_400)
     cr_assert_eq(rc, 0, "%s", r.error);
     cr_assert_eq(r.status, 400, "%s", r.body);
     cr_assert_not_null(strstr(r.body, "same name"), "%s", r.body);
+    th_response_free(&r);
+}
+
+Test(hostile_bodies, a_key_given_twice_is_400_not_the_last_one_silently)
+{
+    const char body[] = "{\"name\": \"twice\", \"config\": {\"model\": {\"name\": \"mlp\"}}, "
+                        "\"config\": {}}";
+    struct th_response r;
+    post_runs(body, sizeof body - 1, &r);
+    json_t *o = th_json(&r);
+    cr_assert_eq(r.status, 400, "%s", r.body);
+    cr_assert_str_eq(error_field(o, "param"), "body");
+    cr_assert_not_null(strstr(error_field(o, "message"), "duplicate"), "%s", r.body);
+    json_decref(o);
     th_response_free(&r);
 }
