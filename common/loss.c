@@ -2,8 +2,8 @@
  * tests/fixtures/torch/README.md).
  *
  * Two layers. (1) The colleague's TripletMarginLoss (AvgNonZero) with an optional
- * TripletMarginMiner, ft_triplet_margin_loss: the B x B distance matrix comes from one Gram
- * sgemm over the normalised (or raw) embeddings. The triplets are never enumerated: per anchor
+ * TripletMarginMiner, ft_triplet_margin_loss: the B x B distance matrix (see Distances) of
+ * the normalised (or raw) embeddings. The triplets are never enumerated: per anchor
  * the negatives and the positives are sorted by distance (radix sort) and one sweep over the
  * positives keeps three cursors into the negatives, so the kept/active negatives of each
  * (a, p) are a range whose count, loss sum (prefix sums) and gradient counts (difference
@@ -15,20 +15,24 @@
  * (2) ft_loss, the losses and miners by name: one option table per loss and miner drives
  * validation, defaults and the normalised JSON. Every distance-based loss (triplet, contrastive,
  * NTXent, multi-similarity) fills the same dL/dD matrix and reuses the one backward (sgemm +
- * normalisation); pair losses and pair miners work on a (B, B) selection mask in O(B^2);
- * TripletMarginLoss keeps the sorted sweep and enumerates triplets (O(B P N)) only for swap,
- * smooth_loss and BatchHardMiner. CLIPLoss and ArcFaceLoss are two sgemms and a softmax each.
+ * normalisation; a sparse dL/dD, at most 4 B entries as BatchHardMiner's two per anchor, is
+ * applied pair by pair instead, O(B D)); pair losses and pair miners work on a (B, B) selection
+ * mask in O(B^2); TripletMarginLoss keeps the sorted sweep and enumerates triplets (O(B P N))
+ * only for swap, smooth_loss and BatchHardMiner (its extremes found eight columns at a time with
+ * AVX2). CLIPLoss and ArcFaceLoss are two sgemms and a softmax each.
  * The object owns its scratch (grown to the largest batch seen, so that training steps after
  * the first allocate nothing) and ArcFace's W and gradient.
  *
- * Distances (see loss.h): cosine d = 1 - <n_i, n_j>; euclidean d = sqrt(|x_i|^2 + |x_j|^2 -
- * 2 <x_i, x_j>). Near pairs (d^2 < NEAR (|x_i|^2 + |x_j|^2)) lose digits to cancellation, so
- * their distance is recomputed from the difference vector and their gradient
- * (x_i - x_j) / d is applied directly rather than through the sgemm; d = 0 gives gradient 0.
- * Those recomputations are a sequential double sum per pair; with AVX, 16 pairs go at once
- * (one pair per vector lane, from a transposed double copy of the batch), four pairs at once
- * without: the same operations in the same order, so the same distances. (A collapsed batch,
- * as batch-hard training often starts, has every pair near.)
+ * Distances (see loss.h): cosine d = 1 - <n_i, n_j> from one Gram sgemm; euclidean d from the
+ * difference vectors, d = sqrtf(sum_k (x_ik - x_jk)^2) in float, one rounding per operation (no
+ * FMA): no cancellation, so near pairs (a collapsed batch, as batch-hard training often starts,
+ * has every pair near) are as exact as far ones, and identical rows give 0. The pairs above the
+ * diagonal go 16 (AVX-512F) or 8 (AVX) to a vector, one pair per lane, from a transposed copy
+ * of the batch, blocks of 4 rows sharing each column load; without SIMD pair by pair: the same
+ * operations in the same order, so the same distances on every CPU. For B = D = 128 this costs
+ * about what the Gram sgemm alone did. In the dense euclidean backward, near pairs
+ * (d^2 < NEAR (|x_i|^2 + |x_j|^2)) have their gradient (x_i - x_j) / d applied directly rather
+ * than through the sgemm; d = 0 gives gradient 0.
  * Miner rule with m = d(a,n) - d(a,p): all m <= margin, hard m <= 0, semihard 0 < m <= margin,
  * easy m > margin; a kept triplet's loss is max(0, margin_loss - m). */
 #include "loss.h"
@@ -48,16 +52,16 @@ struct work {
     int B, D;
     int euclidean;
     int normalize;
-    float *x;      /* (B, D) normalised embeddings, or a copy of the raw ones */
-    float *norms;  /* (B) row norms saved by the normalisation */
-    float *sq;     /* (B) |x_i|^2 */
+    float *x;     /* (B, D) normalised embeddings, or a copy of the raw ones */
+    float *norms; /* (B) row norms saved by the normalisation */
+    float *sq;    /* (B) |x_i|^2, when sq_ready */
+    int sq_ready;
     float *dist;   /* (B, B) distance matrix */
     float *dd;     /* (B, B) dL/dD, then the symmetric backward weights */
-    double *xt;    /* (D, xt_ld(B)) x transposed in double for exact distances (euclidean) */
-    int xt_ready;  /* xt holds this batch */
+    float *xt;     /* (D, xt_ld(B)) x transposed (euclidean distances) */
     int nonfinite; /* some distance is NaN or infinite */
     size_t cap_x, cap_norms, cap_sq, cap_dist, cap_dd; /* allocated floats of each buffer */
-    size_t cap_xt;                                     /* allocated doubles of xt */
+    size_t cap_xt;                                     /* allocated floats of xt */
 };
 
 /* Keep a triplet when lo < m <= hi, m = d(a,n) - d(a,p). */
@@ -121,21 +125,11 @@ static int reserve(float **p, size_t *cap, size_t n)
     return *p != NULL;
 }
 
-/* Leading dimension of xt: B rounded up to 4, plus 16 so a block of 16 columns starting at any
- * multiple of 4 below B stays inside. */
+/* Leading dimension of xt: B rounded up to 16 (a block of 16 columns starting at a multiple of
+ * 16 below B stays inside). */
 static int xt_ld(int B)
 {
-    return (B + 3) / 4 * 4 + 16;
-}
-
-static int reserve_doubles(double **p, size_t *cap, size_t n)
-{
-    if (*p && n <= *cap)
-        return 1;
-    free(*p);
-    *p = malloc((n ? n : 1) * sizeof **p);
-    *cap = *p ? n : 0;
-    return *p != NULL;
+    return (B + 15) / 16 * 16;
 }
 
 /* Size the scratch for a (B, D) batch, growing the buffers when needed (w starts zeroed and
@@ -148,11 +142,11 @@ static int work_reserve(struct work *w, int B, int D, int euclidean, int normali
     w->euclidean = euclidean;
     w->normalize = !euclidean || normalize;
     w->nonfinite = 0;
-    w->xt_ready = 0;
+    w->sq_ready = 0;
     return reserve(&w->x, &w->cap_x, (size_t)B * D) && reserve(&w->norms, &w->cap_norms, B) &&
            reserve(&w->sq, &w->cap_sq, B) && reserve(&w->dist, &w->cap_dist, bb) &&
            reserve(&w->dd, &w->cap_dd, bb) &&
-           (!w->euclidean || reserve_doubles(&w->xt, &w->cap_xt, (size_t)D * xt_ld(B)));
+           (!w->euclidean || reserve(&w->xt, &w->cap_xt, (size_t)D * xt_ld(B)));
 }
 
 /* Allocate the scratch; returns 0 on ENOMEM (w is then freed). dd is zeroed. */
@@ -172,17 +166,6 @@ static int is_near(const struct work *w, int i, int j, float d)
     return (double)d * d < NEAR * ((double)w->sq[i] + w->sq[j]);
 }
 
-static float exact_dist(const struct work *w, int i, int j)
-{
-    const float *xi = w->x + (size_t)i * w->D, *xj = w->x + (size_t)j * w->D;
-    double s = 0.0;
-    for (int k = 0; k < w->D; k++) {
-        double t = (double)xi[k] - xj[k];
-        s += t * t;
-    }
-    return (float)sqrt(s);
-}
-
 /* What tiled_pairs does to each unordered pair (i < j). */
 enum pair_op {
     OP_DIST,     /* Gram matrix entry -> distance, mirrored */
@@ -198,151 +181,304 @@ static void set_dist(struct work *w, int i, int j, float d)
     w->dist[(size_t)j * w->B + i] = d;
 }
 
-/* exact_dist of (i, js[c]) for the count columns js into out, four pairs at a time: each pair
- * keeps its own sequential double sum, the very operations of exact_dist, and the four
- * independent sums overlap (one sum alone waits on its adds). */
-static void exact_dists_scalar(const struct work *w, int i, const int *js, int count, float *out)
+/* ---- euclidean distances from difference vectors ----
+ * d(i, j) = sqrtf(s), s the sequential float sum over k of t * t, t = x_ik - x_jk (a rounding
+ * after each operation, no FMA). Every path computes exactly these operations, one pair per
+ * vector lane from a transposed copy of x, so the distances do not depend on the CPU. */
+
+static float direct_dist(const float *xi, const float *xj, int D)
 {
-    const float *xi = w->x + (size_t)i * w->D;
-    int c = 0;
-    for (; c + 4 <= count; c += 4) {
-        const float *a = w->x + (size_t)js[c] * w->D, *b = w->x + (size_t)js[c + 1] * w->D;
-        const float *e = w->x + (size_t)js[c + 2] * w->D, *f = w->x + (size_t)js[c + 3] * w->D;
-        double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-        for (int k = 0; k < w->D; k++) {
-            double q = xi[k], t0 = q - a[k], t1 = q - b[k], t2 = q - e[k], t3 = q - f[k];
-            s0 += t0 * t0;
-            s1 += t1 * t1;
-            s2 += t2 * t2;
-            s3 += t3 * t3;
-        }
-        out[c] = (float)sqrt(s0);
-        out[c + 1] = (float)sqrt(s1);
-        out[c + 2] = (float)sqrt(s2);
-        out[c + 3] = (float)sqrt(s3);
+    float s = 0.0f;
+    for (int k = 0; k < D; k++) {
+        float t = xi[k] - xj[k];
+        s += t * t;
     }
-    for (; c < count; c++)
-        out[c] = exact_dist(w, i, js[c]);
+    return sqrtf(s);
 }
 
-/* w->xt = x transposed in double, zero-padded to xt_ld(B) columns. */
+/* w->xt (D, xt_ld(B)) = x transposed, zero-padded. */
 static void make_xt(struct work *w)
 {
     int ld = xt_ld(w->B);
     for (int k = 0; k < w->D; k++) {
-        double *row = w->xt + (size_t)k * ld;
+        float *row = w->xt + (size_t)k * ld;
         for (int j = 0; j < w->B; j++)
             row[j] = w->x[(size_t)j * w->D + k];
         for (int j = w->B; j < ld; j++)
-            row[j] = 0.0;
+            row[j] = 0.0f;
     }
-    w->xt_ready = 1;
+}
+
+/* Rows i .. i + 3 of a distance block: rows past B repeat the last row (computed, not kept). */
+static void block_rows(const struct work *w, int i, const float *r[4])
+{
+    for (int q = 0; q < 4; q++)
+        r[q] = w->x + (size_t)(i + q < w->B ? i + q : w->B - 1) * w->D;
+}
+
+/* Rows i .. i + 3 (those below B) of block out (4, width) into dist at columns c .. (those
+ * below B); entries on or below the diagonal are overwritten by mirror_upper. */
+static void store_block(struct work *w, int i, int c, int width, const float *out)
+{
+    int cols = w->B - c < width ? w->B - c : width;
+    for (int q = 0; q < 4 && i + q < w->B; q++)
+        memcpy(w->dist + (size_t)(i + q) * w->B + c, out + q * width, (size_t)cols * sizeof *out);
+}
+
+/* Tile (i0, j0) of dist mirrored entry by entry (the pairs above the diagonal only); returns
+ * whether one of them is NaN or infinite. */
+static int mirror_tile_scalar(float *dist, int B, int i0, int j0)
+{
+    int bad = 0;
+    for (int i = i0; i < i0 + 4 && i < B; i++)
+        for (int j = j0 > i + 1 ? j0 : i + 1; j < j0 + 4 && j < B; j++) {
+            float d = dist[(size_t)i * B + j];
+            bad |= !isfinite(d);
+            dist[(size_t)j * B + i] = d;
+        }
+    return bad;
+}
+
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <xmmintrin.h>
+
+/* A full 4 x 4 tile above the diagonal mirrored with one transpose; returns whether one of its
+ * entries is NaN or infinite (every exponent bit set). */
+static int mirror_tile(float *dist, int B, int i0, int j0)
+{
+    if (j0 == i0 || i0 + 4 > B || j0 + 4 > B)
+        return mirror_tile_scalar(dist, B, i0, j0);
+    float *s = dist + (size_t)i0 * B + j0;
+    __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + B);
+    __m128 r2 = _mm_loadu_ps(s + 2 * (size_t)B), r3 = _mm_loadu_ps(s + 3 * (size_t)B);
+    const __m128i e = _mm_set1_epi32(0x7f800000);
+    __m128i any = _mm_setzero_si128();
+    __m128 rows[4] = {r0, r1, r2, r3};
+    for (int q = 0; q < 4; q++) {
+        __m128i u = _mm_and_si128(_mm_castps_si128(rows[q]), e);
+        any = _mm_or_si128(any, _mm_cmpeq_epi32(u, e));
+    }
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    float *t = dist + (size_t)j0 * B + i0;
+    _mm_storeu_ps(t, r0);
+    _mm_storeu_ps(t + B, r1);
+    _mm_storeu_ps(t + 2 * (size_t)B, r2);
+    _mm_storeu_ps(t + 3 * (size_t)B, r3);
+    return _mm_movemask_epi8(any) != 0;
+}
+#else
+static int mirror_tile(float *dist, int B, int i0, int j0)
+{
+    return mirror_tile_scalar(dist, B, i0, j0);
+}
+#endif
+
+/* dist_ji = dist_ij for i < j (4 x 4 tiles), a diagonal of 0, and w->nonfinite when a distance
+ * is NaN or infinite. */
+static void mirror_upper(struct work *w)
+{
+    int B = w->B, bad = 0;
+    for (int i0 = 0; i0 < B; i0 += 4)
+        for (int j0 = i0; j0 < B; j0 += 4)
+            bad |= mirror_tile(w->dist, B, i0, j0);
+    for (int i = 0; i < B; i++)
+        w->dist[(size_t)i * B + i] = 0.0f;
+    if (bad)
+        w->nonfinite = 1;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
-/* exact_dist of (i, c + l) for the 16 columns l = 0..15 into out, from xt (D, ld): each lane is
- * one pair's sequential double sum (the operations of exact_dist, no FMA), four pairs a vector. */
-__attribute__((target("avx"))) static void exact16_avx(const double *xt, int ld, int D, int i,
-                                                       int c, float *out)
+/* Distances of rows r[0..3] to the 8 columns c.. (xt (D, ld)) into out (4, 8): AVX, which has
+ * no FMA, so each lane does direct_dist's operations. */
+__attribute__((target("avx"))) static void dist_block_avx(const float *const r[4], const float *xt,
+                                                          int ld, int D, int c, float *out)
 {
-    __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     for (int k = 0; k < D; k++) {
-        const double *row = xt + (size_t)k * ld;
-        __m256d q = _mm256_broadcast_sd(row + i);
-        __m256d t0 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c));
-        __m256d t1 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c + 4));
-        __m256d t2 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c + 8));
-        __m256d t3 = _mm256_sub_pd(q, _mm256_loadu_pd(row + c + 12));
-        s0 = _mm256_add_pd(s0, _mm256_mul_pd(t0, t0));
-        s1 = _mm256_add_pd(s1, _mm256_mul_pd(t1, t1));
-        s2 = _mm256_add_pd(s2, _mm256_mul_pd(t2, t2));
-        s3 = _mm256_add_pd(s3, _mm256_mul_pd(t3, t3));
+        __m256 col = _mm256_loadu_ps(xt + (size_t)k * ld + c);
+        __m256 t0 = _mm256_sub_ps(_mm256_broadcast_ss(r[0] + k), col);
+        __m256 t1 = _mm256_sub_ps(_mm256_broadcast_ss(r[1] + k), col);
+        __m256 t2 = _mm256_sub_ps(_mm256_broadcast_ss(r[2] + k), col);
+        __m256 t3 = _mm256_sub_ps(_mm256_broadcast_ss(r[3] + k), col);
+        s0 = _mm256_add_ps(s0, _mm256_mul_ps(t0, t0));
+        s1 = _mm256_add_ps(s1, _mm256_mul_ps(t1, t1));
+        s2 = _mm256_add_ps(s2, _mm256_mul_ps(t2, t2));
+        s3 = _mm256_add_ps(s3, _mm256_mul_ps(t3, t3));
     }
-    double s[16];
-    _mm256_storeu_pd(s, s0);
-    _mm256_storeu_pd(s + 4, s1);
-    _mm256_storeu_pd(s + 8, s2);
-    _mm256_storeu_pd(s + 12, s3);
-    for (int l = 0; l < 16; l++)
-        out[l] = (float)sqrt(s[l]);
+    _mm256_storeu_ps(out, _mm256_sqrt_ps(s0));
+    _mm256_storeu_ps(out + 8, _mm256_sqrt_ps(s1));
+    _mm256_storeu_ps(out + 16, _mm256_sqrt_ps(s2));
+    _mm256_storeu_ps(out + 24, _mm256_sqrt_ps(s3));
 }
 
-static int have_avx(void)
+#if defined(__STRICT_ANSI__) || defined(__clang__)
+/* As dist_block_avx for 16 columns (AVX-512F). AVX-512F has FMA: the mul + add pairs stay two
+ * roundings because ISO C mode (-std=c11) turns GCC's contraction off and clang does not fuse
+ * intrinsics; other modes keep to the AVX block. */
+#define HAVE_DIST_AVX512 1
+__attribute__((target("avx512f"))) static void
+dist_block_avx512(const float *const r[4], const float *xt, int ld, int D, int c, float *out)
 {
-    return __builtin_cpu_supports("avx");
-}
-#else
-static void exact16_avx(const double *xt, int ld, int D, int i, int c, float *out)
-{
-    (void)xt, (void)ld, (void)D, (void)i, (void)c, (void)out;
-    FT_ASSERT(0);
-}
-
-static int have_avx(void)
-{
-    return 0;
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (int k = 0; k < D; k++) {
+        __m512 col = _mm512_loadu_ps(xt + (size_t)k * ld + c);
+        __m512 t0 = _mm512_sub_ps(_mm512_set1_ps(r[0][k]), col);
+        __m512 t1 = _mm512_sub_ps(_mm512_set1_ps(r[1][k]), col);
+        __m512 t2 = _mm512_sub_ps(_mm512_set1_ps(r[2][k]), col);
+        __m512 t3 = _mm512_sub_ps(_mm512_set1_ps(r[3][k]), col);
+        s0 = _mm512_add_ps(s0, _mm512_mul_ps(t0, t0));
+        s1 = _mm512_add_ps(s1, _mm512_mul_ps(t1, t1));
+        s2 = _mm512_add_ps(s2, _mm512_mul_ps(t2, t2));
+        s3 = _mm512_add_ps(s3, _mm512_mul_ps(t3, t3));
+    }
+    _mm512_storeu_ps(out, _mm512_sqrt_ps(s0));
+    _mm512_storeu_ps(out + 16, _mm512_sqrt_ps(s1));
+    _mm512_storeu_ps(out + 32, _mm512_sqrt_ps(s2));
+    _mm512_storeu_ps(out + 48, _mm512_sqrt_ps(s3));
 }
 #endif
 
-/* exact_dist of (i, js[c]) for the count columns js (ascending) into out. */
-static void exact_dists(struct work *w, int i, const int *js, int count, float *out)
+/* Columns of one SIMD distance block: 16 (AVX-512F), 8 (AVX) or 0 (none: scalar). */
+static int dist_width(void)
 {
-    if (count == 0)
-        return;
-    if (!have_avx()) {
-        exact_dists_scalar(w, i, js, count, out);
-        return;
-    }
-    if (!w->xt_ready)
-        make_xt(w);
-    float block[16];
-    int start = -1; /* first column of the block in block[] */
-    for (int c = 0; c < count; c++) {
-        if (start < 0 || js[c] >= start + 16) {
-            start = js[c] / 4 * 4;
-            exact16_avx(w->xt, xt_ld(w->B), w->D, i, start, block);
-        }
-        out[c] = block[js[c] - start];
-    }
+#ifdef HAVE_DIST_AVX512
+    if (__builtin_cpu_supports("avx512f"))
+        return 16;
+#endif
+    return __builtin_cpu_supports("avx") ? 8 : 0;
 }
 
-/* Distances of pairs (i, j) for j in [j0, j1) from the Gram matrix, mirrored; near pairs are
- * recomputed from their difference vectors. At most 64 columns. */
+static void dist_block(const float *const r[4], const float *xt, int ld, int D, int c, int width,
+                       float *out)
+{
+#ifdef HAVE_DIST_AVX512
+    if (width == 16) {
+        dist_block_avx512(r, xt, ld, D, c, out);
+        return;
+    }
+#endif
+    (void)width;
+    dist_block_avx(r, xt, ld, D, c, out);
+}
+#else
+static int dist_width(void)
+{
+    return 0;
+}
+
+static void dist_block(const float *const r[4], const float *xt, int ld, int D, int c, int width,
+                       float *out)
+{
+    (void)r, (void)xt, (void)ld, (void)D, (void)c, (void)width, (void)out;
+    FT_ASSERT(0);
+}
+#endif
+
+/* Every euclidean distance d(i, j), i < j, mirrored: blocks of 4 rows by width columns from the
+ * first multiple of width past the diagonal, or pair by pair without SIMD. */
+static void euclid_dists(struct work *w)
+{
+    int B = w->B, width = dist_width();
+    if (width == 0) {
+        for (int i = 0; i < B; i++)
+            for (int j = i + 1; j < B; j++)
+                w->dist[(size_t)i * B + j] =
+                    direct_dist(w->x + (size_t)i * w->D, w->x + (size_t)j * w->D, w->D);
+        mirror_upper(w);
+        return;
+    }
+    make_xt(w);
+    for (int i = 0; i < B; i += 4) {
+        const float *r[4];
+        float out[4 * 16];
+        block_rows(w, i, r);
+        for (int c = (i + 1) / width * width; c < B; c += width) {
+            dist_block(r, w->xt, xt_ld(B), w->D, c, width, out);
+            store_block(w, i, c, width, out);
+        }
+    }
+    mirror_upper(w);
+}
+
+/* Cosine distances 1 - g of pairs (i, j), j in [j0, j1), from the Gram matrix, mirrored. */
 static void dist_row(struct work *w, int i, int j0, int j1)
 {
-    int near[64], nn = 0;
-    float exact[64];
-    FT_ASSERT(j1 - j0 <= 64);
-    for (int j = j0; j < j1; j++) {
-        float g = w->dist[(size_t)i * w->B + j];
-        if (!w->euclidean) {
-            set_dist(w, i, j, 1.0f - g);
-            continue;
-        }
-        float d2 = w->sq[i] + w->sq[j] - 2.0f * g;
-        float d = sqrtf(d2 > 0.0f ? d2 : 0.0f);
-        if (is_near(w, i, j, d))
-            near[nn++] = j;
-        else
-            set_dist(w, i, j, d);
-    }
-    exact_dists(w, i, near, nn, exact);
-    for (int c = 0; c < nn; c++)
-        set_dist(w, i, near[c], exact[c]);
+    for (int j = j0; j < j1; j++)
+        set_dist(w, i, j, 1.0f - w->dist[(size_t)i * w->B + j]);
 }
 
-/* gx_i += c (x_i - x_j), gx_j -= c (x_i - x_j): a near pair's gradient, applied directly. */
+/* gx_i += c (x_i - x_j), gx_j -= c (x_i - x_j): a near pair's gradient, applied directly (eight
+ * at a time through local copies, i != j, so the compiler vectorises; each value as the plain
+ * loop computes it). */
 static void near_pair(float *gx, const struct work *w, int i, int j, float c)
 {
     const float *xi = w->x + (size_t)i * w->D, *xj = w->x + (size_t)j * w->D;
     float *gi = gx + (size_t)i * w->D, *gj = gx + (size_t)j * w->D;
-    for (int k = 0; k < w->D; k++) {
+    int k = 0;
+    for (; k + 8 <= w->D; k += 8) {
+        float a[8], b[8], u[8], v[8];
+        memcpy(a, xi + k, sizeof a);
+        memcpy(b, xj + k, sizeof b);
+        memcpy(u, gi + k, sizeof u);
+        memcpy(v, gj + k, sizeof v);
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) {
+            float t = c * (a[l] - b[l]);
+            u[l] += t;
+            v[l] -= t;
+        }
+        memcpy(gi + k, u, sizeof u);
+        memcpy(gj + k, v, sizeof v);
+    }
+    for (; k < w->D; k++) {
         float t = c * (xi[k] - xj[k]);
         gi[k] += t;
         gj[k] -= t;
     }
+}
+
+/* gx_i -= g x_j, gx_j -= g x_i: a cosine pair's gradient (-S x), applied directly. */
+static void cos_pair(float *gx, const struct work *w, int i, int j, float g)
+{
+    const float *xi = w->x + (size_t)i * w->D, *xj = w->x + (size_t)j * w->D;
+    float *gi = gx + (size_t)i * w->D, *gj = gx + (size_t)j * w->D;
+    int k = 0;
+    for (; k + 8 <= w->D; k += 8) {
+        float a[8], b[8], u[8], v[8];
+        memcpy(a, xi + k, sizeof a);
+        memcpy(b, xj + k, sizeof b);
+        memcpy(u, gi + k, sizeof u);
+        memcpy(v, gj + k, sizeof v);
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) {
+            u[l] -= g * b[l];
+            v[l] -= g * a[l];
+        }
+        memcpy(gi + k, u, sizeof u);
+        memcpy(gj + k, v, sizeof v);
+    }
+    for (; k < w->D; k++) {
+        gi[k] -= g * xj[k];
+        gj[k] -= g * xi[k];
+    }
+}
+
+/* Pair (i, j) of a sparse dd: its weight g = dd_ij + dd_ji into gx without the sgemm (euclidean:
+ * c = g / d_ij as near_pair; d = 0 gives gradient 0). */
+static void direct_pair(struct work *w, float *gx, int i, int j)
+{
+    float g = w->dd[(size_t)i * w->B + j] + w->dd[(size_t)j * w->B + i];
+    if (g == 0.0f)
+        return;
+    if (!w->euclidean) {
+        cos_pair(gx, w, i, j, g);
+        return;
+    }
+    float d = w->dist[(size_t)i * w->B + j];
+    if (d > 0.0f)
+        near_pair(gx, w, i, j, g / d);
 }
 
 static void pair_weight(struct work *w, float *gx, int i, int j)
@@ -385,13 +521,11 @@ static void tiled_pairs(struct work *w, enum pair_op op, float *gx)
         m[(size_t)i * B + i] = 0.0f;
 }
 
-static void compute_dist(struct work *w, const float *emb)
+/* w->sq = |x_i|^2 (summed in double); w->nonfinite when one overflows. Normalised rows need it
+ * only for the dense euclidean backward (a NaN row shows in the distances anyway). */
+static void compute_sq(struct work *w)
 {
     int B = w->B, D = w->D;
-    if (w->normalize)
-        ft_l2_normalize_forward(w->x, w->norms, emb, B, D);
-    else
-        memcpy(w->x, emb, (size_t)B * D * sizeof *emb);
     for (int i0 = 0; i0 < B; i0 += 64) {
         double ss[64];
         int nb = B - i0 < 64 ? B - i0 : 64;
@@ -401,6 +535,22 @@ static void compute_dist(struct work *w, const float *emb)
             if (!isfinite(w->sq[i0 + r]))
                 w->nonfinite = 1;
         }
+    }
+    w->sq_ready = 1;
+}
+
+static void compute_dist(struct work *w, const float *emb)
+{
+    int B = w->B, D = w->D;
+    if (w->normalize)
+        ft_l2_normalize_forward(w->x, w->norms, emb, B, D);
+    else
+        memcpy(w->x, emb, (size_t)B * D * sizeof *emb);
+    if (!w->normalize)
+        compute_sq(w); /* raw rows: a square norm that overflows makes the batch non-finite */
+    if (w->euclidean) {
+        euclid_dists(w);
+        return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, 1.0f, w->x, D, w->x, D, 0.0f,
                 w->dist, B);
@@ -594,6 +744,8 @@ static void cosine_backward(float *gx, struct work *w)
 static void euclid_backward(float *gx, struct work *w)
 {
     int B = w->B, D = w->D;
+    if (!w->sq_ready)
+        compute_sq(w);
     tiled_pairs(w, OP_EUCLID_W, gx);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, B, -1.0f, w->dd, B, w->x, D, 1.0f,
                 gx, D);
@@ -609,12 +761,80 @@ static void euclid_backward(float *gx, struct work *w)
     }
 }
 
-/* demb (B, D) from the scaled dd: through the distance, then the normalisation. */
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+
+/* Bit l set when v[l] != 0 (NaN included, -0 not), l < 8. */
+static unsigned nonzero8(const float *v)
+{
+    const __m128 z = _mm_setzero_ps();
+    int lo = _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(v), z));
+    int hi = _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps(v + 4), z));
+    return (unsigned)(lo | hi << 4);
+}
+#else
+static unsigned nonzero8(const float *v)
+{
+    unsigned m = 0;
+    for (int l = 0; l < 8; l++)
+        m |= (unsigned)(v[l] != 0.0f) << l;
+    return m;
+}
+#endif
+
+/* Bit l set when row[j + l] != 0 for the up to eight columns j + l < B. */
+static unsigned nonzero_at(const float *row, int j, int B)
+{
+    if (j + 8 <= B)
+        return nonzero8(row + j);
+    unsigned m = 0;
+    for (int l = 0; j + l < B; l++)
+        m |= (unsigned)(row[j + l] != 0.0f) << l;
+    return m;
+}
+
+/* Nonzero off-diagonal entries of dd (B, B). */
+static size_t dd_nonzero(const struct work *w)
+{
+    size_t count = 0;
+    for (int i = 0; i < w->B; i++) {
+        const float *row = w->dd + (size_t)i * w->B;
+        for (int j = 0; j < w->B; j += 8)
+            for (unsigned m = nonzero_at(row, j, w->B); m; m &= m - 1)
+                count++;
+        count -= row[i] != 0.0f;
+    }
+    return count;
+}
+
+/* A sparse dd applied pair by pair (direct_pair), its nonzero entries found eight at a time in
+ * row-major order: a pair (a < b) is applied once, at its first nonzero entry in that order. */
+static void direct_pairs(struct work *w, float *gx)
+{
+    int B = w->B;
+    for (int i = 0; i < B; i++) {
+        const float *row = w->dd + (size_t)i * B;
+        for (int j0 = 0; j0 < B; j0 += 8) {
+            for (unsigned m = nonzero_at(row, j0, B); m; m &= m - 1) {
+                int j = j0 + __builtin_ctz(m);
+                if (j == i || (j < i && w->dd[(size_t)j * B + i] != 0.0f))
+                    continue;
+                direct_pair(w, gx, i < j ? i : j, i < j ? j : i);
+            }
+        }
+    }
+}
+
+/* demb (B, D) from the scaled dd: through the distance, then the normalisation. A sparse dd
+ * (at most 4 B entries, e.g. BatchHardMiner's two per anchor) is applied pair by pair, O(B D),
+ * instead of the B x B x D sgemm. */
 static void backward(float *demb, struct work *w)
 {
     int B = w->B, D = w->D;
     memset(demb, 0, (size_t)B * D * sizeof *demb);
-    if (w->euclidean)
+    if (dd_nonzero(w) <= 4 * (size_t)B)
+        direct_pairs(w, demb);
+    else if (w->euclidean)
         euclid_backward(demb, w);
     else
         cosine_backward(demb, w);
@@ -624,7 +844,16 @@ static void backward(float *demb, struct work *w)
 
 static void scale(float *v, size_t n, float c)
 {
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float u[8];
+        memcpy(u, v + i, sizeof u);
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++)
+            u[l] *= c;
+        memcpy(v + i, u, sizeof u);
+    }
+    for (; i < n; i++)
         v[i] *= c;
 }
 
@@ -1337,10 +1566,127 @@ static void triplet_term(struct tally *t, float *dd, const struct work *w, int a
     dd[from * B + n] -= g;
 }
 
-/* pml BatchHardMiner for anchor a: the farthest positive and the nearest negative (the first
- * index on ties); 0 when a has no positive or no negative. */
-static int batch_hard(const float *drow, const int32_t *labels, int a, int B, int *p, int *n)
+/* The first j (!= a when pos) whose label equality with a's is pos and whose distance is v. */
+static int first_at(const float *drow, const int32_t *labels, int a, int B, int pos, float v)
 {
+    for (int j = 0; j < B; j++)
+        if (j != a && (labels[j] == labels[a]) == pos && drow[j] == v)
+            return j;
+    return -1;
+}
+
+/* batch_hard for a row of finite distances: the extremes without branches (labels are
+ * unpredictable), then the first index holding each: the scan's choice. */
+static int batch_hard_finite(const float *drow, const int32_t *labels, int a, int B, int *p, int *n)
+{
+    float hi = -INFINITY, lo = INFINITY;
+    int32_t la = labels[a];
+    for (int j = 0; j < B; j++) {
+        int pos = labels[j] == la;
+        float vp = pos && j != a ? drow[j] : -INFINITY;
+        float vn = pos ? INFINITY : drow[j];
+        hi = vp > hi ? vp : hi;
+        lo = vn < lo ? vn : lo;
+    }
+    *p = hi > -INFINITY ? first_at(drow, labels, a, B, 1, hi) : -1;
+    *n = lo < INFINITY ? first_at(drow, labels, a, B, 0, lo) : -1;
+    return *p >= 0 && *n >= 0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Lanes j .. j + 7: positives (label of a, not a itself) into *pos, negatives into *neg. */
+__attribute__((target("avx2"))) static inline void
+hard_masks(const int32_t *labels, __m256i la, int a, int j, __m256 *pos, __m256 *neg)
+{
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i same = _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)(labels + j)), la);
+    __m256i self =
+        _mm256_cmpeq_epi32(_mm256_add_epi32(iota, _mm256_set1_epi32(j)), _mm256_set1_epi32(a));
+    *pos = _mm256_castsi256_ps(_mm256_andnot_si256(self, same));
+    *neg = _mm256_castsi256_ps(_mm256_xor_si256(same, _mm256_set1_epi32(-1)));
+}
+
+/* The first lane j of v equal to x among the lanes of mask: 8 at a time, B - B % 8 lanes; -1 if
+ * none. */
+__attribute__((target("avx2"))) static int first_lane(const float *drow, const int32_t *labels,
+                                                      int a, int B, float x, int want_pos)
+{
+    __m256i la = _mm256_set1_epi32(labels[a]);
+    __m256 vx = _mm256_set1_ps(x);
+    for (int j = 0; j + 8 <= B; j += 8) {
+        __m256 pos, neg;
+        hard_masks(labels, la, a, j, &pos, &neg);
+        __m256 eq = _mm256_cmp_ps(_mm256_loadu_ps(drow + j), vx, _CMP_EQ_OQ);
+        int m = _mm256_movemask_ps(_mm256_and_ps(eq, want_pos ? pos : neg));
+        if (m)
+            return j + __builtin_ctz((unsigned)m);
+    }
+    return -1;
+}
+
+/* batch_hard_finite with AVX2, 8 columns at a time (the tail as the scalar rule): the same
+ * extremes (max/min are exact) and the same first indices. */
+__attribute__((target("avx2"))) static int batch_hard_avx2(const float *drow, const int32_t *labels,
+                                                           int a, int B, int *p, int *n)
+{
+    __m256i la = _mm256_set1_epi32(labels[a]);
+    __m256 vhi = _mm256_set1_ps(-INFINITY), vlo = _mm256_set1_ps(INFINITY);
+    int j = 0;
+    for (; j + 8 <= B; j += 8) {
+        __m256 pos, neg, d = _mm256_loadu_ps(drow + j);
+        hard_masks(labels, la, a, j, &pos, &neg);
+        vhi = _mm256_max_ps(vhi, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), d, pos));
+        vlo = _mm256_min_ps(vlo, _mm256_blendv_ps(_mm256_set1_ps(INFINITY), d, neg));
+    }
+    float h[8], l[8], hi = -INFINITY, lo = INFINITY;
+    _mm256_storeu_ps(h, vhi);
+    _mm256_storeu_ps(l, vlo);
+    for (int q = 0; q < 8; q++) {
+        hi = h[q] > hi ? h[q] : hi;
+        lo = l[q] < lo ? l[q] : lo;
+    }
+    for (; j < B; j++) {
+        int pos = labels[j] == labels[a];
+        if (pos && j != a && drow[j] > hi)
+            hi = drow[j];
+        else if (!pos && drow[j] < lo)
+            lo = drow[j];
+    }
+    *p = hi > -INFINITY ? first_lane(drow, labels, a, B, hi, 1) : -1;
+    *n = lo < INFINITY ? first_lane(drow, labels, a, B, lo, 0) : -1;
+    if (*p < 0 && hi > -INFINITY)
+        *p = first_at(drow, labels, a, B, 1, hi);
+    if (*n < 0 && lo < INFINITY)
+        *n = first_at(drow, labels, a, B, 0, lo);
+    return *p >= 0 && *n >= 0;
+}
+
+static int have_avx2(void)
+{
+    return __builtin_cpu_supports("avx2");
+}
+#else
+static int batch_hard_avx2(const float *drow, const int32_t *labels, int a, int B, int *p, int *n)
+{
+    return batch_hard_finite(drow, labels, a, B, p, n);
+}
+
+static int have_avx2(void)
+{
+    return 0;
+}
+#endif
+
+/* pml BatchHardMiner for anchor a: the farthest positive and the nearest negative (the first
+ * index on ties); 0 when a has no positive or no negative. finite: every distance of the row is
+ * finite (the branch-free paths). */
+static int batch_hard(const float *drow, const int32_t *labels, int a, int B, int finite, int *p,
+                      int *n)
+{
+    if (finite && have_avx2())
+        return batch_hard_avx2(drow, labels, a, B, p, n);
+    if (finite)
+        return batch_hard_finite(drow, labels, a, B, p, n);
     *p = -1;
     *n = -1;
     for (int j = 0; j < B; j++) {
@@ -1370,7 +1716,7 @@ static void triplet_enumerate(struct tally *t, float *dd, const struct work *w,
         const float *drow = w->dist + (size_t)a * B;
         int p, n;
         if (m->batch_hard) {
-            if (batch_hard(drow, labels, a, B, &p, &n))
+            if (batch_hard(drow, labels, a, B, !w->nonfinite, &p, &n))
                 triplet_term(t, dd, w, a, p, n, m, margin);
             continue;
         }
@@ -1958,7 +2304,7 @@ enum ft_err ft_loss_mine_triplets(ft_loss *l, const float *emb, const int32_t *l
     int finite;
     enum ft_err e = dist_prepare(l, emb, B, D, 0, &finite);
     for (int a = 0, p, n; e == FT_OK && a < B; a++) {
-        if (!batch_hard(l->work.dist + (size_t)a * B, labels, a, B, &p, &n))
+        if (!batch_hard(l->work.dist + (size_t)a * B, labels, a, B, finite, &p, &n))
             continue;
         if (*count < cap) {
             trip[3 * *count] = a;

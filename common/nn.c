@@ -38,6 +38,28 @@ void ft_linear_forward(float *out, const float *inp, const float *w, const float
                 OC);
 }
 
+/* acc (n) += every row of x (rows, n), row by row (the plain loop's order for each column),
+ * eight columns at a time through a local copy so the compiler vectorises. */
+static void add_rows(float *acc, const float *x, int rows, int n)
+{
+    int o = 0;
+    for (; o + 8 <= n; o += 8) {
+        float a[8];
+        memcpy(a, acc + o, sizeof a);
+        for (int i = 0; i < rows; i++) {
+            float r[8];
+            memcpy(r, x + (size_t)i * n + o, sizeof r);
+#pragma GCC unroll 8
+            for (int u = 0; u < 8; u++)
+                a[u] += r[u];
+        }
+        memcpy(acc + o, a, sizeof a);
+    }
+    for (; o < n; o++)
+        for (int i = 0; i < rows; i++)
+            acc[o] += x[(size_t)i * n + o];
+}
+
 void ft_linear_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                         const float *w, int B, int C, int OC)
 {
@@ -49,13 +71,8 @@ void ft_linear_backward(float *dinp, float *dw, float *db, const float *dout, co
                     dinp, C);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, B, 1.0f, dout, OC, inp, C, 1.0f, dw,
                 C);
-    if (!db)
-        return;
-    for (int i = 0; i < B; i++) {
-        const float *row = dout + (size_t)i * OC;
-        for (int o = 0; o < OC; o++)
-            db[o] += row[o];
-    }
+    if (db)
+        add_rows(db, dout, B, OC);
 }
 
 /* v when keep, else +0: a bit mask instead of a branch (activations are half positive, half
@@ -120,10 +137,76 @@ static void sum_squares4(const float *x, int D, double ss[4])
     ss[0] = s0, ss[1] = s1, ss[2] = s2, ss[3] = s3;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* Columns k .. k + 3 of the rows r[0..3] as four vectors (rows in the lanes), in double: a 4 x 4
+ * transpose, then an exact widening. */
+__attribute__((target("avx"))) static inline void cols_pd(const float *const r[4], int k,
+                                                          __m256d c[4])
+{
+    __m128 a = _mm_loadu_ps(r[0] + k), b = _mm_loadu_ps(r[1] + k);
+    __m128 e = _mm_loadu_ps(r[2] + k), f = _mm_loadu_ps(r[3] + k);
+    _MM_TRANSPOSE4_PS(a, b, e, f);
+    c[0] = _mm256_cvtps_pd(a);
+    c[1] = _mm256_cvtps_pd(b);
+    c[2] = _mm256_cvtps_pd(e);
+    c[3] = _mm256_cvtps_pd(f);
+}
+
+/* out[r] = sum over k of x_rk y_rk in double for the 16 rows r of x and y (row stride D), one
+ * sequential sum per row (a vector lane each; AVX has no FMA, so a product and an add as the
+ * plain loop): the four groups of four rows are independent chains. */
+__attribute__((target("avx"))) static void dots16_avx(const float *x, const float *y, int D,
+                                                      double out[16])
+{
+    __m256d s[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                    _mm256_setzero_pd()};
+    const float *xr[4][4], *yr[4][4];
+    for (int g = 0; g < 4; g++)
+        for (int q = 0; q < 4; q++) {
+            xr[g][q] = x + (size_t)(4 * g + q) * D;
+            yr[g][q] = y + (size_t)(4 * g + q) * D;
+        }
+    int k = 0;
+    for (; k + 4 <= D; k += 4)
+        for (int g = 0; g < 4; g++) {
+            __m256d a[4], b[4];
+            cols_pd(xr[g], k, a);
+            cols_pd(yr[g], k, b);
+            for (int q = 0; q < 4; q++)
+                s[g] = _mm256_add_pd(s[g], _mm256_mul_pd(a[q], b[q]));
+        }
+    for (int g = 0; g < 4; g++)
+        _mm256_storeu_pd(out + 4 * g, s[g]);
+    for (int r = 0; r < 16; r++)
+        for (int t = k; t < D; t++)
+            out[r] += (double)x[(size_t)r * D + t] * y[(size_t)r * D + t];
+}
+
+static int have_avx(void)
+{
+    return __builtin_cpu_supports("avx");
+}
+#else
+static void dots16_avx(const float *x, const float *y, int D, double out[16])
+{
+    (void)x, (void)y, (void)D, (void)out;
+    FT_ASSERT(0);
+}
+
+static int have_avx(void)
+{
+    return 0;
+}
+#endif
+
 void ft_sum_squares(double *ss, const float *x, int B, int D)
 {
     /* ss (B), x (B, D) */
     int i = 0;
+    for (; have_avx() && i + 16 <= B; i += 16)
+        dots16_avx(x + (size_t)i * D, x + (size_t)i * D, D, ss + i);
     for (; i + 4 <= B; i += 4)
         sum_squares4(x + (size_t)i * D, D, ss + i);
     for (; i < B; i++) {
@@ -200,14 +283,19 @@ static void l2_back_row(float *d, const float *g, const float *o, float fdot, fl
 void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, const float *norms,
                               int B, int D)
 {
-    /* dinp (B, D), dout (B, D), out (B, D), norms (B); the four dots of a block are taken before
-     * its rows are written (dinp may be dout) */
-    for (int i0 = 0; i0 < B; i0 += 4) {
+    /* dinp (B, D), dout (B, D), out (B, D), norms (B); the dots of a block (16 rows with AVX,
+     * else 4) are taken before its rows are written (dinp may be dout) */
+    int wide = have_avx();
+    for (int i0 = 0; i0 < B;) {
         int nb = B - i0 < 4 ? B - i0 : 4;
-        double dot[4];
+        double dot[16];
         const float *g0 = dout + (size_t)i0 * D, *o0 = out + (size_t)i0 * D;
-        if (nb == 4)
+        if (wide && B - i0 >= 16) {
+            nb = 16;
+            dots16_avx(o0, g0, D, dot);
+        } else if (nb == 4) {
             dots4(o0, g0, D, dot);
+        }
         for (int r = 0; nb < 4 && r < nb; r++) {
             double s = 0.0;
             for (int k = 0; k < D; k++)
@@ -219,6 +307,7 @@ void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, 
             l2_back_row(dinp + (size_t)i0 * D + off, g0 + off, o0 + off, (float)dot[r],
                         1.0f / norms[i0 + r], D);
         }
+        i0 += nb;
     }
 }
 
@@ -540,11 +629,30 @@ static void im2col_plane(float *dst, const float *plane, const struct ft_conv2d_
         const float *row = plane + (size_t)ih * s->W;
         for (int ow = 0; ow < lo; ow++)
             d[ow] = 0.0f;
-        for (int ow = lo; ow < hi; ow++)
+        if (st == 1 && hi > lo) /* stride 1: the valid columns are one contiguous run */
+            memcpy(d + lo, row + lo + off, (size_t)(hi - lo) * sizeof *d);
+        for (int ow = lo; st != 1 && ow < hi; ow++)
             d[ow] = row[ow * st + off];
         for (int ow = hi; ow < Wo; ow++)
             d[ow] = 0.0f;
     }
+}
+
+/* dst (n) += src (n), eight at a time through local copies (the buffers do not overlap). */
+static void add_run(float *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float a[8], b[8];
+        memcpy(a, dst + i, sizeof a);
+        memcpy(b, src + i, sizeof b);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; u++)
+            a[u] += b[u];
+        memcpy(dst + i, a, sizeof a);
+    }
+    for (; i < n; i++)
+        dst[i] += src[i];
 }
 
 /* The adjoint of im2col_plane: plane += src scattered back (padding dropped). */
@@ -559,6 +667,10 @@ static void col2im_plane(float *plane, const float *src, const struct ft_conv2d_
             continue;
         const float *g = src + (size_t)oh * Wo;
         float *row = plane + (size_t)ih * s->W;
+        if (st == 1) {
+            add_run(row + lo + off, g + lo, hi - lo);
+            continue;
+        }
         for (int ow = lo; ow < hi; ow++)
             row[ow * st + off] += g[ow];
     }
