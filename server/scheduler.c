@@ -3,7 +3,6 @@
  * Workers are spawned with posix_spawn (no fork of the multi-threaded daemon), each with
  * OPENBLAS_NUM_THREADS = cores / workers unless the operator set it, so concurrent runs never
  * oversubscribe the cores. The thread wakes on ft_scheduler_wake() or every 500 ms. */
-#define _GNU_SOURCE /* SCHED_BATCH */
 #include "scheduler.h"
 
 #include "log.h"
@@ -11,7 +10,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -78,18 +76,7 @@ static pid_t spawn_worker(ft_scheduler *s, int64_t run_id)
     char *argv[] = {s->exe,      "--worker",    id,           "--data-dir",
                     s->data_dir, "--log-level", s->log_level, NULL};
     char **env = worker_env(s, envbuf, sizeof envbuf);
-    /* SCHED_BATCH: a CPU-bound worker does not preempt the daemon's threads on wakeup (its
-     * threads inherit it; the worker also renices them, worker.h) */
-    posix_spawnattr_t attr;
-    struct sched_param sp = {.sched_priority = 0};
-    int rc = posix_spawnattr_init(&attr);
-    if (rc == 0) {
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSCHEDULER);
-        posix_spawnattr_setschedpolicy(&attr, SCHED_BATCH);
-        posix_spawnattr_setschedparam(&attr, &sp);
-        rc = env ? posix_spawn(&pid, s->exe, NULL, &attr, argv, env) : ENOMEM;
-        posix_spawnattr_destroy(&attr);
-    }
+    int rc = env ? posix_spawn(&pid, s->exe, NULL, NULL, argv, env) : ENOMEM;
     free(env);
     if (rc != 0) {
         ft_log(FT_LOG_ERROR, "scheduler", "run=%lld cannot start worker: %s", (long long)run_id,

@@ -7,10 +7,8 @@
 #include "store.h"
 #include "train.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -216,35 +214,8 @@ static const char *run(struct wctx *w, char *details, size_t cap)
     return e == FT_ECANCELED ? "CANCELED" : "FAILED";
 }
 
-/* Renice every thread of this process (OpenBLAS starts its threads before main) to
- * FT_WORKER_NICE or $FT_WORKER_NICE; best effort. */
-static void lower_priority(void)
-{
-    int nice_value = FT_WORKER_NICE;
-    const char *env = getenv("FT_WORKER_NICE");
-    if (env && *env) {
-        char *end;
-        long v = strtol(env, &end, 10);
-        if (*end == '\0' && v >= 0 && v <= 19)
-            nice_value = (int)v;
-    }
-    DIR *d = opendir("/proc/self/task");
-    if (!d) {
-        setpriority(PRIO_PROCESS, 0, nice_value);
-        return;
-    }
-    for (struct dirent *e; (e = readdir(d));) {
-        char *end;
-        long tid = strtol(e->d_name, &end, 10);
-        if (*end == '\0' && tid > 0)
-            setpriority(PRIO_PROCESS, (id_t)tid, nice_value);
-    }
-    closedir(d);
-}
-
 int ft_worker_main(int64_t run_id, const char *data_dir)
 {
-    lower_priority();
     struct ft_error err;
     struct wctx w = {0};
     char details[600], line[700];

@@ -12,12 +12,6 @@
  * and goes on from its resume state when it is started again. */
 #define FT_WORKER_INTERRUPTED 75
 
-/* How much nicer than the daemon a worker runs (setpriority(2) on each of its threads, the
- * BLAS threads included; the scheduler also spawns it SCHED_BATCH): the daemon's HTTP threads
- * then preempt training at once, so API latency holds while every core trains, and training
- * still gets all the CPU the daemon leaves. $FT_WORKER_NICE (0..19) overrides it. */
-#define FT_WORKER_NICE 10
-
 /* Run id's training to its end. Returns the process exit code (0 when the run was ended
  * properly, whatever its status; 1 when the store itself could not be used). */
 int ft_worker_main(int64_t run_id, const char *data_dir);
