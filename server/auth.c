@@ -6,6 +6,7 @@
 #include "auth.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,9 @@ void ft_sha256_end(ft_sha256 *h, char out[FT_SHA256_HEX])
     if (EVP_DigestFinal_ex((EVP_MD_CTX *)h, md, &n) == 1 && n == 32)
         to_hex(md, n, out);
     EVP_MD_CTX_free((EVP_MD_CTX *)h);
+    /* the HTTP pool's threads live as long as the daemon: free OpenSSL's per-thread state
+     * (its error queue, 904 bytes) now rather than at a thread exit that never comes */
+    OPENSSL_thread_stop();
 }
 
 void ft_sha256_hex(const void *data, size_t len, char out[FT_SHA256_HEX])
