@@ -65,6 +65,7 @@ struct conn {
     size_t body_cap;
     int too_large;
     int unauthorized; /* 401 decided from the headers: the body is drained, not kept */
+    int drop_body;    /* a GET's body: drained, not kept */
     struct ft_error auth_err;
     int bad_multipart;
     char *path, *ctype, *auth, *idem_key; /* owned copies */
@@ -223,7 +224,7 @@ static void conn_free(struct conn *c)
 static void consume(struct conn *c, const char *data, size_t size)
 {
     c->received += size;
-    if (c->unauthorized)
+    if (c->unauthorized || c->drop_body)
         return;
     if (c->too_large || c->received > c->limit) {
         c->too_large = 1;
@@ -544,8 +545,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         if (!c)
             return MHD_NO;
         *state = c;
-        /* who asks is known from the headers: an unknown client's upload is not kept */
-        c->unauthorized = ft_api_authorize(srv->api, &c->req, &c->auth_err) != FT_OK;
+        /* who asks is known from the headers: an unknown client's upload is not kept. A GET
+         * has no body to keep (one sent anyway is dropped): its check is left to
+         * ft_api_handle, inside the request's one read transaction */
+        if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
+            c->drop_body = 1;
+        else
+            c->unauthorized = ft_api_authorize(srv->api, &c->req, &c->auth_err) != FT_OK;
         const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > c->limit)
             c->too_large = 1; /* drain, then answer 413 */

@@ -33,12 +33,26 @@ struct cached_stmt {
     int busy; /* handed out by prep, not yet given back by done */
 };
 
-struct ft_store {
+/* One SQLite connection and its statements. */
+struct conn {
     sqlite3 *db;
-    char *dir;
-    pthread_mutex_t mu; /* guards db and cache */
     struct cached_stmt cache[STMT_CACHE];
     int ncache;
+    int reading;       /* a reader inside ft_store_read_begin/end */
+    struct conn *next; /* in the store's list of readers */
+};
+
+/* The main connection serves every call under the mutex. A thread's GET reads
+ * (ft_store_read_begin/end) go to that thread's own reader connection instead, without the
+ * mutex: WAL readers do not wait for each other or for the writer, so the HTTP threads no
+ * longer queue behind one another on the mutex. */
+struct ft_store {
+    struct conn main;
+    char *dir, *dbpath;
+    pthread_mutex_t mu;   /* guards main and readers */
+    pthread_key_t reader; /* this thread's reader connection (struct conn *) */
+    int has_key;
+    struct conn *readers; /* every reader connection, closed with the store */
 };
 
 /* Schema version FT_STORE_SCHEMA_VERSION (PRAGMA user_version). Names are unique per owner. */
@@ -80,37 +94,79 @@ static const char *const schema =
 #define NOW "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
 #define ACTIVE "('CREATED','STARTED')"
 
+/* The connection this thread's store calls use: its reader inside a read transaction, else
+ * the main one. */
+static struct conn *C(ft_store *s)
+{
+    struct conn *r = s->has_key ? pthread_getspecific(s->reader) : NULL;
+    return r && r->reading ? r : &s->main;
+}
+
 static void lock(ft_store *s)
 {
-    pthread_mutex_lock(&s->mu);
+    if (C(s) == &s->main)
+        pthread_mutex_lock(&s->mu);
 }
 
 static void unlock(ft_store *s)
 {
+    if (C(s) == &s->main)
+        pthread_mutex_unlock(&s->mu);
+}
+
+/* This thread's reader connection, opened on first use (NULL when it cannot be). */
+static struct conn *reader(ft_store *s)
+{
+    struct conn *r = s->has_key ? pthread_getspecific(s->reader) : NULL;
+    if (r || !s->has_key)
+        return r;
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    if (sqlite3_open_v2(s->dbpath, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(r->db, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK) {
+        ft_log(FT_LOG_WARN, "store", "cannot open a reader connection: %s",
+               r->db ? sqlite3_errmsg(r->db) : "out of memory");
+        sqlite3_close(r->db);
+        free(r);
+        return NULL;
+    }
+    sqlite3_busy_timeout(r->db, 10000);
+    pthread_mutex_lock(&s->mu);
+    r->next = s->readers;
+    s->readers = r;
     pthread_mutex_unlock(&s->mu);
+    pthread_setspecific(s->reader, r);
+    return r;
 }
 
 void ft_store_read_begin(ft_store *s)
 {
-    lock(s);
-    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-        ft_log(FT_LOG_WARN, "store", "BEGIN failed: %s", sqlite3_errmsg(s->db));
+    struct conn *r = reader(s);
+    if (r)
+        r->reading = 1;
+    lock(s); /* only without a reader: the main connection then */
+    if (sqlite3_exec(C(s)->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        ft_log(FT_LOG_WARN, "store", "BEGIN failed: %s", sqlite3_errmsg(C(s)->db));
 }
 
 void ft_store_read_end(ft_store *s)
 {
-    if (!sqlite3_get_autocommit(s->db))
-        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+    struct conn *c = C(s);
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
     unlock(s);
+    c->reading = 0;
 }
 
 static enum ft_err db_error(ft_store *s, struct ft_error *err, const char *what)
 {
-    int rc = sqlite3_errcode(s->db);
-    ft_log(FT_LOG_ERROR, "store", "%s: %s", what, sqlite3_errmsg(s->db));
+    int rc = sqlite3_errcode(C(s)->db);
+    ft_log(FT_LOG_ERROR, "store", "%s: %s", what, sqlite3_errmsg(C(s)->db));
     /* SQLITE_FULL: the disk is full (or RLIMIT_FSIZE); the transaction was rolled back */
     return ft_error_set(err, rc == SQLITE_FULL ? FT_ENOSPACE : FT_EDB, NULL,
-                        "database error while %s: %s", what, sqlite3_errmsg(s->db));
+                        "database error while %s: %s", what, sqlite3_errmsg(C(s)->db));
 }
 
 static uint64_t fnv1a(const char *p)
@@ -124,23 +180,24 @@ static uint64_t fnv1a(const char *p)
 /* A statement for sql: a cached one not in use, else a new one (cached while there is room). */
 static sqlite3_stmt *stmt_get(ft_store *s, const char *sql)
 {
+    struct conn *cn = C(s);
     uint64_t h = fnv1a(sql);
-    for (int i = 0; i < s->ncache; i++) {
-        struct cached_stmt *c = &s->cache[i];
+    for (int i = 0; i < cn->ncache; i++) {
+        struct cached_stmt *c = &cn->cache[i];
         if (!c->busy && c->hash == h && strcmp(c->sql, sql) == 0) {
             c->busy = 1;
             return c->st;
         }
     }
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
-        ft_log(FT_LOG_ERROR, "store", "prepare failed: %s: %s", sqlite3_errmsg(s->db), sql);
+    if (sqlite3_prepare_v3(cn->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        ft_log(FT_LOG_ERROR, "store", "prepare failed: %s: %s", sqlite3_errmsg(cn->db), sql);
         sqlite3_finalize(st);
         return NULL;
     }
-    char *key = s->ncache < STMT_CACHE ? strdup(sql) : NULL;
+    char *key = cn->ncache < STMT_CACHE ? strdup(sql) : NULL;
     if (key)
-        s->cache[s->ncache++] = (struct cached_stmt){key, h, st, 1};
+        cn->cache[cn->ncache++] = (struct cached_stmt){key, h, st, 1};
     return st;
 }
 
@@ -148,13 +205,14 @@ static sqlite3_stmt *stmt_get(ft_store *s, const char *sql)
  * another one finalized. NULL is a no-op. */
 static void done(ft_store *s, sqlite3_stmt *st)
 {
+    struct conn *cn = C(s);
     if (!st)
         return;
-    for (int i = 0; i < s->ncache; i++) {
-        if (s->cache[i].st == st) {
+    for (int i = 0; i < cn->ncache; i++) {
+        if (cn->cache[i].st == st) {
             sqlite3_reset(st);
             sqlite3_clear_bindings(st);
-            s->cache[i].busy = 0;
+            cn->cache[i].busy = 0;
             return;
         }
     }
@@ -252,8 +310,8 @@ static enum ft_err check_version(ft_store *s, const char *dbpath, struct ft_erro
                             "directory away or delete it, and start afresh",
                             dbpath, version > FT_STORE_SCHEMA_VERSION ? "a newer" : "an older",
                             (long long)version, FT_STORE_SCHEMA_VERSION);
-    if (sqlite3_exec(s->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(s->db, "PRAGMA user_version = " FT_STR(FT_STORE_SCHEMA_VERSION), NULL, NULL,
+    if (sqlite3_exec(C(s)->db, schema, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(C(s)->db, "PRAGMA user_version = " FT_STR(FT_STORE_SCHEMA_VERSION), NULL, NULL,
                      &msg) != SQLITE_OK) {
         ft_error_set(err, FT_EDB, "data_dir", "cannot create the schema in %s: %s", dbpath,
                      msg ? msg : "?");
@@ -267,13 +325,13 @@ static enum ft_err check_version(ft_store *s, const char *dbpath, struct ft_erro
  * (so a daemon and a `finetunerd token` starting together create it once). */
 static enum ft_err init_schema(ft_store *s, const char *dbpath, struct ft_error *err)
 {
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;", NULL, NULL, NULL) !=
-            SQLITE_OK ||
-        sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(C(s)->db, "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON;", NULL, NULL,
+                     NULL) != SQLITE_OK ||
+        sqlite3_exec(C(s)->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return ft_error_set(err, FT_EDB, "data_dir", "cannot open %s: %s", dbpath,
-                            sqlite3_errmsg(s->db));
+                            sqlite3_errmsg(C(s)->db));
     enum ft_err e = check_version(s, dbpath, err);
-    sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_exec(C(s)->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
     return e;
 }
 
@@ -303,16 +361,21 @@ enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error 
         e = ft_error_set(err, FT_EIO, "data_dir", "cannot create data directory %s: %s", data_dir,
                          strerror(errno));
     if (e == FT_OK &&
-        sqlite3_open_v2(dbpath, &s->db,
+        sqlite3_open_v2(dbpath, &s->main.db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                         NULL) != SQLITE_OK)
         e = ft_error_set(err, FT_EDB, "data_dir", "cannot open %s: %s", dbpath,
-                         s->db ? sqlite3_errmsg(s->db) : "out of memory");
+                         s->main.db ? sqlite3_errmsg(s->main.db) : "out of memory");
     if (e == FT_OK) {
-        sqlite3_busy_timeout(s->db, 10000);
+        sqlite3_busy_timeout(s->main.db, 10000);
         e = init_schema(s, dbpath, err);
     }
-    free(dbpath);
+    if (e == FT_OK && pthread_key_create(&s->reader, NULL) == 0)
+        s->has_key = 1; /* without it every call takes the main connection */
+    if (s)
+        s->dbpath = dbpath; /* readers open it too */
+    else
+        free(dbpath);
     free(dsdir);
     free(rundir);
     if (e != FT_OK) {
@@ -323,18 +386,31 @@ enum ft_err ft_store_open(const char *data_dir, ft_store **out, struct ft_error 
     return FT_OK;
 }
 
+static void conn_close(struct conn *c)
+{
+    for (int i = 0; i < c->ncache; i++) {
+        sqlite3_finalize(c->cache[i].st);
+        free(c->cache[i].sql);
+    }
+    if (c->db)
+        sqlite3_close(c->db);
+}
+
 void ft_store_close(ft_store *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < s->ncache; i++) {
-        sqlite3_finalize(s->cache[i].st);
-        free(s->cache[i].sql);
+    for (struct conn *r = s->readers, *next; r; r = next) {
+        next = r->next;
+        conn_close(r);
+        free(r);
     }
-    if (s->db)
-        sqlite3_close(s->db);
+    if (s->has_key)
+        pthread_key_delete(s->reader);
+    conn_close(&s->main);
     if (s->dir)
         pthread_mutex_destroy(&s->mu);
+    free(s->dbpath);
     free(s->dir);
     free(s);
 }
@@ -487,7 +563,7 @@ enum ft_err ft_store_dataset_delete(ft_store *s, const char *owner, const char *
             s, prep(s, "DELETE FROM datasets WHERE owner = ? AND name = ?", "ss", owner, name));
         if (rc != SQLITE_DONE)
             e = db_error(s, err, "deleting the dataset");
-        else if (sqlite3_changes(s->db) == 0)
+        else if (sqlite3_changes(C(s)->db) == 0)
             e = ft_error_set(err, FT_ENOT_FOUND, "dataset", "dataset '%s' does not exist", name);
     }
     if (e == FT_OK) {
@@ -512,7 +588,7 @@ static enum ft_err ensure_locked(ft_store *s, const char *owner, const char *nam
     if (rc != SQLITE_DONE)
         return db_error(s, err, "creating the experiment");
     if (created)
-        *created = sqlite3_changes(s->db) > 0;
+        *created = sqlite3_changes(C(s)->db) > 0;
     return FT_OK;
 }
 
@@ -592,7 +668,7 @@ enum ft_err ft_store_experiment_delete(ft_store *s, const char *owner, const cha
                exec_stmt(s, prep(s, "DELETE FROM experiments WHERE owner = ? AND name = ?", "ss",
                                  owner, name)) != SQLITE_DONE) {
         e = db_error(s, err, "deleting the experiment");
-    } else if (sqlite3_changes(s->db) == 0) {
+    } else if (sqlite3_changes(C(s)->db) == 0) {
         e = ft_error_set(err, FT_ENOT_FOUND, "experiment", "experiment '%s' does not exist", name);
     } else {
         size_t i;
@@ -690,7 +766,7 @@ static enum ft_err insert_run_locked(ft_store *s, const struct ft_run_submission
                             name, sub->experiment);
     if (rc != SQLITE_DONE)
         return db_error(s, err, "storing the run");
-    *id = sqlite3_last_insert_rowid(s->db);
+    *id = sqlite3_last_insert_rowid(C(s)->db);
     return insert_run_datasets(s, sub, *id, err);
 }
 
@@ -699,16 +775,16 @@ enum ft_err ft_store_run_insert(ft_store *s, const struct ft_run_submission *sub
 {
     lock(s);
     enum ft_err e = FT_OK;
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (sqlite3_exec(C(s)->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         e = db_error(s, err, "starting a transaction");
     if (e == FT_OK)
         e = ensure_locked(s, sub->owner, sub->experiment, NULL, err);
     if (e == FT_OK)
         e = insert_run_locked(s, sub, id, err);
-    if (e == FT_OK && sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    if (e == FT_OK && sqlite3_exec(C(s)->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         e = db_error(s, err, "committing the run");
     if (e != FT_OK)
-        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        sqlite3_exec(C(s)->db, "ROLLBACK", NULL, NULL, NULL);
     unlock(s);
     return e;
 }
@@ -858,7 +934,7 @@ enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
                           "UPDATE runs SET status = 'CANCELED', details = 'canceled before it "
                           "started', finished_at = " NOW " WHERE id = ? AND status = 'CREATED'",
                           "i", id));
-    if (rc == SQLITE_DONE && sqlite3_changes(s->db) == 0)
+    if (rc == SQLITE_DONE && sqlite3_changes(C(s)->db) == 0)
         rc = exec_stmt(s, prep(s,
                                "UPDATE runs SET cancel_requested = 1, details = 'cancel requested; "
                                "the run stops at "
@@ -867,7 +943,7 @@ enum ft_err ft_store_run_cancel(ft_store *s, int64_t id, struct ft_error *err)
                                "i", id));
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "canceling the run");
-    else if (sqlite3_changes(s->db) == 0)
+    else if (sqlite3_changes(C(s)->db) == 0)
         e = ft_error_set(err, FT_ECONFLICT, "run", "run '%s' has already ended", run_name(s, id));
     unlock(s);
     return e;
@@ -891,7 +967,7 @@ enum ft_err ft_store_run_delete(ft_store *s, int64_t id, struct ft_error *err)
         exec_stmt(s, prep(s, "DELETE FROM runs WHERE id = ? AND status != 'STARTED'", "i", id));
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "deleting the run");
-    else if (sqlite3_changes(s->db) == 0)
+    else if (sqlite3_changes(C(s)->db) == 0)
         e = ft_error_set(err, FT_ECONFLICT, "run",
                          "run '%s' is running; cancel it before deleting it", run_name(s, id));
     else
@@ -904,7 +980,7 @@ enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *e
 {
     enum ft_err e = FT_OK;
     lock(s);
-    sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    sqlite3_exec(C(s)->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     json_t *r = one_json(
         s, prep(s, "SELECT id FROM runs WHERE status = 'CREATED' ORDER BY id LIMIT 1", NULL));
     if (!r) {
@@ -916,10 +992,10 @@ enum ft_err ft_store_run_claim_next(ft_store *s, int64_t *id, struct ft_error *e
                               " WHERE id = ? AND status = 'CREATED'",
                               "i", *id)) != SQLITE_DONE)
             e = db_error(s, err, "starting a run");
-        else if (sqlite3_changes(s->db) != 1)
+        else if (sqlite3_changes(C(s)->db) != 1)
             e = FT_ENOT_FOUND; /* canceled meanwhile: never start a run that is not CREATED */
     }
-    sqlite3_exec(s->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_exec(C(s)->db, e == FT_OK ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
     unlock(s);
     json_decref(r);
     return e;
@@ -944,7 +1020,7 @@ enum ft_err ft_store_run_finish(ft_store *s, int64_t id, const char *status, con
                                "its training ended' ELSE ?2 END, "
                                "finished_at = " NOW " WHERE id = ?3 AND status IN " ACTIVE,
                                "ssi", status, details, id));
-    int changed = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
+    int changed = rc == SQLITE_DONE ? sqlite3_changes(C(s)->db) : 0;
     unlock(s);
     if (rc != SQLITE_DONE)
         return FT_EDB;
@@ -1181,7 +1257,7 @@ enum ft_err ft_store_token_delete(ft_store *s, const char *name, struct ft_error
     enum ft_err e = FT_OK;
     if (rc != SQLITE_DONE)
         e = db_error(s, err, "revoking the token");
-    else if (sqlite3_changes(s->db) == 0)
+    else if (sqlite3_changes(C(s)->db) == 0)
         e = ft_error_set(err, FT_ENOT_FOUND, "name", "there is no token '%s'", name);
     unlock(s);
     return e;
@@ -1288,7 +1364,7 @@ int ft_store_idempotency_clear_pending(ft_store *s)
 {
     lock(s);
     int rc = exec_stmt(s, prep(s, "DELETE FROM idempotency WHERE status IS NULL", NULL));
-    int n = rc == SQLITE_DONE ? sqlite3_changes(s->db) : 0;
+    int n = rc == SQLITE_DONE ? sqlite3_changes(C(s)->db) : 0;
     unlock(s);
     return n;
 }
