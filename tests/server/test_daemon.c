@@ -45,19 +45,6 @@ TestSuite(daemon, .init = start_daemon, .fini = stop_daemon, .timeout = 150);
 
 /* ---- helpers ---- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* s with every ' turned into " (JSON without escapes); new string. */
 static char *q(const char *s)
 {
@@ -189,7 +176,7 @@ static double wait_status(const char *name, const char *want, double timeout_s)
 {
     char status[32] = "";
     char *details = NULL;
-    double t0 = now_s();
+    double t0 = td_now_s();
     for (;;) {
         free(details);
         run_status(name, status, sizeof status, &details);
@@ -198,12 +185,12 @@ static double wait_status(const char *name, const char *want, double timeout_s)
         int terminal = strcmp(status, "CREATED") != 0 && strcmp(status, "STARTED") != 0;
         cr_assert(!terminal, "run %s is %s (%s), want %s", name, status,
                   details ? details : "no details", want);
-        cr_assert_lt(now_s() - t0, timeout_s, "run %s still %s after %.0f s, want %s", name, status,
-                     timeout_s, want);
-        sleep_ms(100);
+        cr_assert_lt(td_now_s() - t0, timeout_s, "run %s still %s after %.0f s, want %s", name,
+                     status, timeout_s, want);
+        td_sleep_ms(100);
     }
     free(details);
-    return now_s() - t0;
+    return td_now_s() - t0;
 }
 
 /* GET path as text (status 200); new string. */
@@ -227,7 +214,7 @@ static pid_t worker_pid(void)
     for (int i = 0; i < 100; i++) {
         if (td_daemon_children(&D, kids, 8) == 1)
             return kids[0];
-        sleep_ms(50);
+        td_sleep_ms(50);
     }
     cr_assert_fail("the daemon has no single worker child process");
     return 0;
@@ -452,7 +439,7 @@ Test(daemon, queue_and_cancel_lifecycle)
     submit_run("long", 10000, NULL, "[]");
     wait_status("long", "STARTED", 20);
     submit_run("queued", 2, NULL, "[]");
-    sleep_ms(1500); /* the scheduler looks at the queue at least every 500 ms */
+    td_sleep_ms(1500); /* the scheduler looks at the queue at least every 500 ms */
     run_status("queued", status, sizeof status, NULL);
     cr_assert_str_eq(status, "CREATED", "the one worker is busy");
     /* a STARTED run holds its dataset and cannot be deleted */
@@ -494,7 +481,7 @@ Test(daemon, queue_and_cancel_lifecycle)
     char *logs = get_text("/experiments/e/runs/long/logs", "text/plain", NULL);
     cr_assert(strstr(logs, "Run canceled"), "%s", logs);
     free(logs);
-    sleep_ms(1500);
+    td_sleep_ms(1500);
     o = call("GET", "/experiments/e/runs/queued", NULL, 200);
     cr_assert_str_eq(json_string_value(json_object_get(o, "status")), "CANCELED");
     cr_assert(json_is_null(json_object_get(o, "started_at")), "it never started");
@@ -514,7 +501,7 @@ Test(daemon, worker_killed_with_sigkill)
     submit_run("doomed", 10000, NULL, "[]");
     wait_status("doomed", "STARTED", 20);
     pid_t pid = worker_pid();
-    sleep_ms(300); /* let it train a little */
+    td_sleep_ms(300); /* let it train a little */
     cr_assert_eq(kill(pid, SIGKILL), 0);
     double took = wait_status("doomed", "FAILED", 5);
     cr_assert_lt(took, 5.0);
@@ -646,15 +633,15 @@ static void interrupt_and_resume(int sig)
     snprintf(body, sizeof body, RUN, "resumed");
     json_decref(call("POST", "/experiments/e/runs", body, 201));
     /* kill -9 the daemon once two epochs are done */
-    double t0 = now_s();
+    double t0 = td_now_s();
     for (;;) {
         json_t *ep = epochs_of(&D, "resumed");
         size_t n = json_array_size(ep);
         json_decref(ep);
         if (n >= 2)
             break;
-        cr_assert_lt(now_s() - t0, 120, "two epochs did not finish");
-        sleep_ms(20);
+        cr_assert_lt(td_now_s() - t0, 120, "two epochs did not finish");
+        td_sleep_ms(20);
     }
     int status;
     kill(D.pid, sig);

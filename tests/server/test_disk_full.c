@@ -29,19 +29,6 @@ static void stop_daemon(void)
     td_daemon_stop(&D);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static const char *error_field(json_t *o, const char *field)
 {
     return json_string_value(json_object_get(json_object_get(o, "error"), field));
@@ -131,7 +118,7 @@ static char *wait_end(const char *name, char *status, size_t cap)
 {
     char path[128];
     snprintf(path, sizeof path, "/experiments/e/runs/%s/status", name);
-    double t0 = now_s();
+    double t0 = td_now_s();
     for (;;) {
         json_t *o = get_json(path, 200);
         snprintf(status, cap, "%s", json_string_value(json_object_get(o, "status")));
@@ -141,8 +128,8 @@ static char *wait_end(const char *name, char *status, size_t cap)
         if (strcmp(status, "CREATED") != 0 && strcmp(status, "STARTED") != 0)
             return details;
         free(details);
-        cr_assert_lt(now_s() - t0, 60, "run %s still %s", name, status);
-        sleep_ms(100);
+        cr_assert_lt(td_now_s() - t0, 60, "run %s still %s", name, status);
+        td_sleep_ms(100);
     }
 }
 

@@ -39,19 +39,6 @@ static void stop_daemon(void)
     td_daemon_stop(&D);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* A TCP connection to the daemon from source address src ("127.0.0.1", "127.0.0.2"). */
 static int connect_from(const char *src)
 {
@@ -122,9 +109,9 @@ Test(slow_clients, slow_loris_headers_are_cut_off_at_the_header_timeout)
                      (ssize_t)(sizeof start - 1));
     }
     /* the four keep sending a header byte every 200 ms: never idle, never complete */
-    double t0 = now_s();
+    double t0 = td_now_s();
     int open = 4;
-    while (open > 0 && now_s() - t0 < 8) {
+    while (open > 0 && td_now_s() - t0 < 8) {
         open = 0;
         for (int i = 0; i < 4; i++) {
             if (fds[i] < 0)
@@ -138,9 +125,9 @@ Test(slow_clients, slow_loris_headers_are_cut_off_at_the_header_timeout)
             }
             open++;
         }
-        sleep_ms(200);
+        td_sleep_ms(200);
     }
-    double took = now_s() - t0;
+    double took = td_now_s() - t0;
     cr_assert_eq(open, 0, "%d slow connection(s) still open after %.1f s", open, took);
     cr_assert_geq(took, 2.5, "closed after %.2f s, before the 3 s header timeout", took);
     cr_assert_lt(took, 6.0, "closed only after %.2f s (header timeout 3 s)", took);
@@ -158,8 +145,8 @@ Test(slow_clients, connections_over_the_per_address_limit_are_refused_others_ser
         fds[i] = connect_from(SLOW_CLIENT);
         send(fds[i], start, sizeof start - 1, MSG_NOSIGNAL);
     }
-    double t0 = now_s();
-    while (closed == 0 && now_s() - t0 < 2.0) {
+    double t0 = td_now_s();
+    while (closed == 0 && td_now_s() - t0 < 2.0) {
         for (int i = 0; i < 5; i++) {
             if (fds[i] >= 0 && closed_within(fds[i], 0)) {
                 close(fds[i]);
@@ -167,13 +154,13 @@ Test(slow_clients, connections_over_the_per_address_limit_are_refused_others_ser
                 closed++;
             }
         }
-        sleep_ms(20);
+        td_sleep_ms(20);
     }
     cr_assert_eq(closed, 1, "%d of 5 connections from one address closed, want the 1 over 4",
                  closed);
-    t0 = now_s();
+    t0 = td_now_s();
     cr_assert_eq(health_from("127.0.0.2"), 200, "another address must be served meanwhile");
-    cr_assert_lt(now_s() - t0, 3.0);
+    cr_assert_lt(td_now_s() - t0, 3.0);
     for (int i = 0; i < 5; i++)
         if (fds[i] >= 0)
             close(fds[i]);
@@ -259,12 +246,12 @@ Test(hostile_bodies, a_megabyte_of_open_brackets_is_a_quick_400)
     size_t n = (1u << 20) - 16;
     char *b = malloc(n);
     memset(b, '[', n);
-    double t0 = now_s();
+    double t0 = td_now_s();
     post_runs(b, n, &r);
     free(b);
     cr_assert_eq(r.status, 400, "%s", r.body);
     cr_assert_not_null(strstr(r.body, "deeper than 32"), "%s", r.body);
-    cr_assert_lt(now_s() - t0, 5.0);
+    cr_assert_lt(td_now_s() - t0, 5.0);
     th_response_free(&r);
     cr_assert_eq(health_from("127.0.0.1"), 200);
 }

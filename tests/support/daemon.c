@@ -26,10 +26,17 @@
 
 #define MAX_ARGS 32
 
-static void sleep_ms(long ms)
+void td_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+double td_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* A port that was free a moment ago, or 0. */
@@ -110,7 +117,7 @@ static int wait_healthy(struct td_daemon *d)
         th_response_free(&r);
         if (ok)
             return 1;
-        sleep_ms(50);
+        td_sleep_ms(50);
     }
     return 0;
 }
@@ -158,7 +165,7 @@ int td_daemon_stop(struct td_daemon *d)
         kill(d->pid, SIGTERM);
         int waited = 0;
         for (; waited < 400 && waitpid(d->pid, &status, WNOHANG) == 0; waited++)
-            sleep_ms(50);
+            td_sleep_ms(50);
         if (waited == 400) {
             pid_t kids[16];
             int n = td_daemon_children(d, kids, 16);

@@ -42,6 +42,11 @@ int td_daemon_children(const struct td_daemon *d, pid_t *pids, int cap);
  * into out (cap bytes; may be NULL). Returns its exit code (-1 when it could not run). */
 int td_token(const char *data_dir, const char *sub, const char *name, char *out, size_t cap);
 
+/* Sleep ms milliseconds. */
+void td_sleep_ms(long ms);
+/* Monotonic clock in seconds (for timeouts and durations in tests). */
+double td_now_s(void);
+
 /* Remove a directory tree (nftw). Returns 0 or -1. */
 int td_remove_tree(const char *path);
 
