@@ -12,10 +12,10 @@ extern enum ft_log_level ft_log_threshold;
 /* "debug" | "info" | "warn" | "error" -> 0 and *out; -1 when unknown. */
 int ft_log_level_parse(const char *name, enum ft_log_level *out);
 
-#define ft_log(level, module, ...)                                                               \
-    do {                                                                                         \
-        if ((level) >= ft_log_threshold)                                                         \
-            ft_log_write((level), (module), __VA_ARGS__);                                        \
+#define ft_log(level, module, ...)                        \
+    do {                                                  \
+        if ((level) >= ft_log_threshold)                  \
+            ft_log_write((level), (module), __VA_ARGS__); \
     } while (0)
 
 /* Format and write one line; use the ft_log macro instead. */

@@ -15,22 +15,22 @@
 
 #include <stdint.h>
 
-#define FT_METRICS(X)                                                                           \
-    X(PRECISION_AT_K, "precision_at_k")                                                          \
-    X(RECALL_AT_K, "recall_at_k")                                                                \
-    X(F1_SCORE_AT_K, "f1_score_at_k")                                                            \
-    X(HIT_AT_K, "hit_at_k")                                                                      \
-    X(RECIPROCAL_RANK, "reciprocal_rank")                                                        \
-    X(AVERAGE_PRECISION, "average_precision")                                                    \
-    X(R_PRECISION, "r_precision")                                                                \
-    X(DCG_AT_K, "dcg_at_k")                                                                      \
+#define FT_METRICS(X)                         \
+    X(PRECISION_AT_K, "precision_at_k")       \
+    X(RECALL_AT_K, "recall_at_k")             \
+    X(F1_SCORE_AT_K, "f1_score_at_k")         \
+    X(HIT_AT_K, "hit_at_k")                   \
+    X(RECIPROCAL_RANK, "reciprocal_rank")     \
+    X(AVERAGE_PRECISION, "average_precision") \
+    X(R_PRECISION, "r_precision")             \
+    X(DCG_AT_K, "dcg_at_k")                   \
     X(NDCG_AT_K, "ndcg_at_k")
 
 enum ft_metric {
 #define X(id, name) FT_METRIC_##id,
     FT_METRICS(X)
 #undef X
-    FT_NUM_METRICS
+        FT_NUM_METRICS
 };
 
 /* Bare name of metric i ("precision_at_k"), static. */
@@ -74,11 +74,11 @@ enum ft_err ft_retrieval_metrics_by_id(const struct ft_eval_set *query,
 
 /* The ranking itself, for EvaluationCallback's gather_examples: for every query i of query
  * (use a subset set for a few queries) its top k index documents, best first, ties by smaller
- * id; exclude_self = 1 removes the index document with the query's id (index NULL = query); ids (query->n, k) and scores (query->n, k) written; slots
- * past the candidates hold id -1 and score 0. Scores as ranked (cosine, -squared euclidean,
- * inner product). Errors as ft_retrieval_metrics. */
+ * id; exclude_self = 1 removes the index document with the query's id (index NULL = query); ids
+ * (query->n, k) and scores (query->n, k) written; slots past the candidates hold id -1 and score 0.
+ * Scores as ranked (cosine, -squared euclidean, inner product). Errors as ft_retrieval_metrics. */
 enum ft_err ft_retrieval_topk(const struct ft_eval_set *query, const struct ft_eval_set *index,
-                              int dim, int k, enum ft_score score, int exclude_self,
-                              int64_t *ids, double *scores, struct ft_error *err);
+                              int dim, int k, enum ft_score score, int exclude_self, int64_t *ids,
+                              double *scores, struct ft_error *err);
 
 #endif
