@@ -27,9 +27,10 @@
  *  - daemon: build/finetunerd on a free 127.0.0.1 port with a temporary data directory: time
  *    from exec to the first answered /health (over $BENCH_REPS starts), idle RSS, then
  *    Fashion-MNIST uploaded and a run training; while it trains, wrk -t2 -c64 --latency on its
- *    GET .../status (requests/s, p99), then submissions per second (POST runs of a small config,
- *    queued behind the training run, then canceled), and the worker's peak RSS (VmHWM) against
- *    1.5 x the float32 size of the datasets it loads + 64 MiB. */
+ *    GET .../status (requests/s, p99), as fast as the daemon answers and then paced to
+ *    a rate above the issue's goal of 20,000 requests/s (write_paced_script), then submissions per
+ * second (POST runs of a small config, queued behind the training run, then canceled), and the
+ * worker's peak RSS (VmHWM) against 1.5 x the float32 size of the datasets it loads + 64 MiB. */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "dataset.h"
 #include "evaluation.h"
@@ -790,11 +791,13 @@ static double wrk_ms(const char *s)
     return NAN;
 }
 
-/* wrk -t2 -c64 --latency on url: requests/s and the p99 latency (ms). */
-static int run_wrk(const char *url, int secs, double *rps, double *p99)
+/* wrk -t2 -c64 --latency on url: requests/s and the p99 latency (ms). script: NULL (as fast
+ * as the daemon answers) or a wrk Lua script (the paced one). */
+static int run_wrk(const char *url, int secs, const char *script, double *rps, double *p99)
 {
-    char cmd[512], line[512];
-    snprintf(cmd, sizeof cmd, "wrk -t2 -c64 -d%ds --latency %s 2>&1", secs, url);
+    char cmd[768], line[512];
+    snprintf(cmd, sizeof cmd, "wrk -t2 -c64 -d%ds --latency %s%s %s 2>&1", secs,
+             script ? "-s " : "", script ? script : "", url);
     FILE *f = popen(cmd, "r");
     *rps = *p99 = NAN;
     while (f && fgets(line, sizeof line, f)) {
@@ -808,6 +811,23 @@ static int run_wrk(const char *url, int secs, double *rps, double *p99)
     }
     int rc = f ? pclose(f) : -1;
     return rc == 0 && !isnan(*rps) && !isnan(*p99) ? 0 : -1;
+}
+
+/* The paced load: each of wrk's 64 connections waits PACE_MS after each answer before its
+ * next request, so they offer at most 64 / 2 ms = 32,000 requests/s (wrk's delay() counts whole
+ * milliseconds; with the answer times about 23,000 are sent), above the issue's goal of 20,000,
+ * instead of as many as the daemon can answer. wrk times
+ * a request from when it is written, so the wait is not counted; as a closed loop it does not
+ * correct for coordinated omission (a stalled connection sends fewer requests meanwhile). */
+enum { PACE_MS = 2 };
+
+static int write_paced_script(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "function delay()\n  return %d\nend\n", PACE_MS);
+    return fclose(f) == 0 ? 0 : -1;
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -887,12 +907,19 @@ static int bench_daemon(int reps, json_t *out)
     for (int i = 0; rc == 0 && !worker && i < 200; i++, usleep(10000))
         worker = child_of(d.pid);
     sleep(3); /* the worker loads its data and evaluates before the first batch */
-    char url[256], st[32];
+    char url[256], st[32], script[320];
     double rps = NAN, p99 = NAN, subs = NAN, whwm;
     snprintf(url, sizeof url, "http://127.0.0.1:%d/api/v1/experiments/bench/runs/train/status",
              d.port);
-    if (rc == 0 && run_wrk(url, 5, &rps, &p99) != 0) {
+    if (rc == 0 && run_wrk(url, 5, NULL, &rps, &p99) != 0) {
         fprintf(stderr, "bench_speed: wrk failed (apt-get install wrk)\n");
+        rc = -1;
+    }
+    double paced_rps = NAN, paced_p99 = NAN;
+    snprintf(script, sizeof script, "%s/paced.lua", root);
+    if (rc == 0 &&
+        (write_paced_script(script) != 0 || run_wrk(url, 5, script, &paced_rps, &paced_p99) != 0)) {
+        fprintf(stderr, "bench_speed: paced wrk failed\n");
         rc = -1;
     }
     run_status(d.port, "bench", "train", st, sizeof st);
@@ -912,6 +939,8 @@ static int bench_daemon(int reps, json_t *out)
     json_object_set_new(out, "upload_s", json_real(upload));
     json_object_set_new(out, "status_rps", json_real(rps));
     json_object_set_new(out, "status_p99_ms", json_real(p99));
+    json_object_set_new(out, "status_paced_rps", json_real(paced_rps));
+    json_object_set_new(out, "status_paced_p99_ms", json_real(paced_p99));
     json_object_set_new(out, "status_during_training", json_boolean(trained));
     json_object_set_new(out, "submissions_per_s", json_real(subs));
     json_object_set_new(out, "worker_peak_rss_mib", json_real(whwm / MIB));
@@ -1031,8 +1060,16 @@ static void daemon_rows(json_t *rows, json_t *o)
     snprintf(notes, sizeof notes, "wrk -t2 -c64 -d5s, %s",
              json_is_true(json_object_get(o, "status_during_training")) ? "a run training meanwhile"
                                                                         : "the run had ended");
-    row(rows, "daemon: GET run status", "requests/s", one(num(o, "status_rps")), ">= 20000", notes);
-    row(rows, "daemon: GET run status", "p99 ms", one(num(o, "status_p99_ms")), "< 5", notes);
+    row(rows, "daemon: GET run status", "requests/s", one(num(o, "status_rps")), "", notes);
+    row(rows, "daemon: GET run status", "p99 ms", one(num(o, "status_p99_ms")), "", notes);
+    snprintf(notes, sizeof notes, "paced: each of 64 connections waits %d ms between requests, %s",
+             PACE_MS,
+             json_is_true(json_object_get(o, "status_during_training")) ? "a run training meanwhile"
+                                                                        : "the run had ended");
+    row(rows, "daemon: GET run status, paced", "requests/s", one(num(o, "status_paced_rps")),
+        ">= 20000", notes);
+    row(rows, "daemon: GET run status, paced", "p99 ms", one(num(o, "status_paced_p99_ms")), "< 5",
+        notes);
     row(rows, "daemon: POST runs (SQLite queue)", "runs/s", one(num(o, "submissions_per_s")), "",
         "90 sequential submissions (queued), then canceled");
     snprintf(goal, sizeof goal, "< %.0f", num(o, "worker_goal_mib"));
