@@ -19,6 +19,9 @@
  *     ranking unless the float32 screening error exceeds the margin of the pool. Only the
  *     pool's k best by screening score and those within twice the screening error of the
  *     k-th are rescored: the others cannot reach the top k.
+ * When the queries are the index (EvaluationCallback without index_data), the matrix is
+ * symmetric and pass 1 computes half of it, each query keeping its pool across the blocks
+ * (see "symmetric mode"); the pools, and so the results, are the same.
  * Exact ties are broken by id, so bitwise-equal vectors must get bitwise-equal scores in both
  * passes. BLAS micro-kernels round the same column differently at different positions, so
  * bitwise-equal index vectors are found once (hash + memcmp) and every duplicate column
@@ -273,6 +276,11 @@ struct eval_ctx {
     int64_t excl_lo, excl_hi; /* the query's own rows: by_id[excl_lo .. excl_hi) (exclude) */
     int has_guess;            /* guess: a guess of the next pool's worst score (fill_pool) */
     double guess, gap;
+    /* symmetric mode (eval_symmetric): the queries are the index */
+    int sym;
+    float *qtlo;        /* (n) each query's screening threshold, -inf before its first cut */
+    int64_t *dup_first; /* (n + 1) duplicates of row r: dup_rows[dup_first[r] .. [r + 1]) */
+    int64_t *dup_rows;  /* (ndups) */
 };
 
 /* out (n) = squared norms of emb (n, dim), each a sequential double sum (ft_sum_squares: 16
@@ -534,12 +542,12 @@ static float screen_value(float dot, float key, int euclid)
 
 /* The first j' >= j with a screening value >= tlo in blocks of 8 (SSE2); j' or the end of the
  * blocks. */
-static int64_t next_block(const float *dots, const float *key, int euclid, int64_t j, int64_t n,
-                          float tlo)
+static int64_t next_block(const float *dots, const float *key, int euclid, int64_t j, int64_t j0,
+                          int64_t n, float tlo)
 {
     const __m128 t = _mm_set1_ps(tlo);
     for (; j + 8 <= n; j += 8) {
-        __m128 a = _mm_loadu_ps(dots + j), b = _mm_loadu_ps(dots + j + 4);
+        __m128 a = _mm_loadu_ps(dots + (j - j0)), b = _mm_loadu_ps(dots + (j - j0) + 4);
         __m128 ka = _mm_loadu_ps(key + j), kb = _mm_loadu_ps(key + j + 4);
         __m128 va = euclid ? _mm_sub_ps(_mm_add_ps(a, a), ka) : _mm_mul_ps(a, ka);
         __m128 vb = euclid ? _mm_sub_ps(_mm_add_ps(b, b), kb) : _mm_mul_ps(b, kb);
@@ -550,35 +558,39 @@ static int64_t next_block(const float *dots, const float *key, int euclid, int64
     return j;
 }
 #else
-static int64_t next_block(const float *dots, const float *key, int euclid, int64_t j, int64_t n,
-                          float tlo)
+static int64_t next_block(const float *dots, const float *key, int euclid, int64_t j, int64_t j0,
+                          int64_t n, float tlo)
 {
-    (void)dots, (void)key, (void)euclid, (void)n, (void)tlo;
+    (void)dots, (void)key, (void)euclid, (void)j0, (void)n, (void)tlo;
     return j;
 }
 #endif
 
-/* The first candidate j' >= j that passes the screen, or n. */
-static int64_t next_candidate(const struct eval_ctx *c, const float *dots, int64_t j, float tlo)
+/* The first candidate j' >= j that passes the screen, or n. dots[j - j0]: index row j's. */
+static int64_t next_candidate(const struct eval_ctx *c, const float *dots, int64_t j, int64_t j0,
+                              float tlo)
 {
     int64_t n = c->d->n;
     int euclid = is_euclid(c->score);
-    j = next_block(dots, c->key, euclid, j, n, tlo);
-    while (j < n && !(screen_value(dots[j], c->key[j], euclid) >= tlo))
+    j = next_block(dots, c->key, euclid, j, j0, n, tlo);
+    while (j < n && !(screen_value(dots[j - j0], c->key[j], euclid) >= tlo))
         j++;
     return j;
 }
 
 /* One query's pool being filled. */
 struct pool {
-    int n;       /* candidates in c->heap */
-    int has_bar; /* the pool has been cut back: bar is its worst kept hit */
+    struct hit *h; /* (cap) its buffer: c->heap, or its own (symmetric mode) */
+    int cap;       /* cut back to c->heap_cap when n reaches it */
+    int n;         /* candidates in h */
+    int has_bar;   /* the pool has been cut back: bar is its worst kept hit */
     struct hit bar;
     int screen; /* tlo is in force (filter only) */
     float tlo;  /* screening threshold: of the bar, or of est */
     int spec;   /* speculating: candidates scoring below est are dropped */
     double est;
-    int64_t nspec; /* candidates met scoring >= est */
+    int64_t nspec;            /* candidates met scoring >= est */
+    int64_t excl_lo, excl_hi; /* the query's own rows: by_id[excl_lo .. excl_hi) (exclude) */
 };
 
 /* c->excl_lo .. excl_hi = the entries of by_id with query qi's id (the index rows excluded
@@ -599,10 +611,10 @@ static void find_own_rows(struct eval_ctx *c, int64_t qi)
     c->excl_hi = lo;
 }
 
-/* Whether index row j is one of the query's own (exclude). */
-static int is_own_row(const struct eval_ctx *c, int64_t j)
+/* Whether index row j is one of the pool's query's own (exclude). */
+static int is_own_row(const struct eval_ctx *c, const struct pool *p, int64_t j)
 {
-    for (int64_t e = c->excl_lo; e < c->excl_hi; e++)
+    for (int64_t e = p->excl_lo; e < p->excl_hi; e++)
         if (c->by_id[e].row == j)
             return 1;
     return 0;
@@ -611,20 +623,22 @@ static int is_own_row(const struct eval_ctx *c, int64_t j)
 /* Cut the buffer back to the pool size; the worst kept hit becomes the bar. */
 static void cut_back(struct eval_ctx *c, int64_t qi, struct pool *p)
 {
-    fill_ids(c, c->heap, p->n);
-    select_best(c->heap, p->n, c->heap_cap);
+    fill_ids(c, p->h, p->n);
+    select_best(p->h, p->n, c->heap_cap);
     p->n = c->heap_cap;
-    p->bar = c->heap[c->heap_cap - 1];
+    p->bar = p->h[c->heap_cap - 1];
     p->has_bar = 1;
     p->screen = c->filter;
     if (c->filter)
         p->tlo = screen_threshold(c, qi, p->bar.score);
+    if (c->qtlo)
+        c->qtlo[qi] = p->tlo;
 }
 
 /* Offer index row j to query qi's pool (not when it is the query itself). */
-static void offer(struct eval_ctx *c, int64_t qi, int64_t j, float dot, struct pool *p)
+static void offer_row(struct eval_ctx *c, int64_t qi, int64_t j, float dot, struct pool *p)
 {
-    if (c->exclude && is_own_row(c, j))
+    if (c->exclude && is_own_row(c, p, j))
         return;
     struct hit h = {pair_score(c, dot, qi, j), -1, j}; /* id: fill_ids */
     if (p->spec && !(h.score >= p->est))
@@ -634,9 +648,26 @@ static void offer(struct eval_ctx *c, int64_t qi, int64_t j, float dot, struct p
         h.id = c->d->ids[j];
     if (p->has_bar && !ranks_before(&h, &p->bar))
         return;
-    c->heap[p->n++] = h;
-    if (p->n == c->buf_cap)
+    p->h[p->n++] = h;
+    if (p->n == p->cap)
         cut_back(c, qi, p);
+}
+
+/* Offer index row j with its dot product. In symmetric mode a duplicate row is offered only
+ * through its representative, whose dot product every duplicate then takes (the dot products
+ * of one query with bitwise-equal rows come from different tiles, rounded differently); the
+ * other mode has already copied it into the duplicate's column (block_dots). */
+static void offer(struct eval_ctx *c, int64_t qi, int64_t j, float dot, struct pool *p)
+{
+    if (!c->sym || c->ndups == 0) {
+        offer_row(c, qi, j, dot, p);
+        return;
+    }
+    if (c->rep[j] != j)
+        return;
+    offer_row(c, qi, j, dot, p);
+    for (int64_t t = c->dup_first[j]; t < c->dup_first[j + 1]; t++)
+        offer_row(c, qi, c->dup_rows[t], dot, p);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -652,13 +683,15 @@ enum { SCAN_BATCH = 32 };
  * the threshold in force when its block is screened; a cut back raises it later, and offer's
  * exact test then turns away what the new threshold would have skipped, so the pool is the
  * same. */
-__attribute__((target("avx512f"))) static int64_t
-scan_screened_avx512(struct eval_ctx *c, int64_t qi, const float *dots, int64_t j, struct pool *p)
+__attribute__((target("avx512f"))) static int64_t scan_screened_avx512(struct eval_ctx *c,
+                                                                       int64_t qi,
+                                                                       const float *dots, int64_t j,
+                                                                       int64_t j0, struct pool *p)
 {
     int64_t rows[SCAN_BATCH + 16], nd = c->d->n;
     int euclid = is_euclid(c->score), n = 0;
     for (; j + 16 <= nd; j += 16) {
-        __m512 a = _mm512_loadu_ps(dots + j), k = _mm512_loadu_ps(c->key + j);
+        __m512 a = _mm512_loadu_ps(dots + (j - j0)), k = _mm512_loadu_ps(c->key + j);
         __m512 v = euclid ? _mm512_sub_ps(_mm512_add_ps(a, a), k) : _mm512_mul_ps(a, k);
         unsigned m = _mm512_cmp_ps_mask(v, _mm512_set1_ps(p->tlo), _CMP_GE_OQ);
         for (; m; m &= m - 1) {
@@ -669,43 +702,79 @@ scan_screened_avx512(struct eval_ctx *c, int64_t qi, const float *dots, int64_t 
         }
         if (n >= SCAN_BATCH) {
             for (int i = 0; i < n; i++)
-                offer(c, qi, rows[i], dots[rows[i]], p);
+                offer(c, qi, rows[i], dots[rows[i] - j0], p);
             n = 0;
         }
     }
     for (int i = 0; i < n; i++)
-        offer(c, qi, rows[i], dots[rows[i]], p);
+        offer(c, qi, rows[i], dots[rows[i] - j0], p);
+    return j;
+}
+
+/* The column scan of symmetric mode (see eval_symmetric), sixteen queries at a time: offer
+ * index row i, whose dot products with queries [j, n) are dots[0 ..), to each of them whose
+ * threshold its screening value passes; returns where the blocks end. */
+__attribute__((target("avx512f"))) static int64_t
+scan_column_avx512(struct eval_ctx *c, int64_t i, const float *dots, int64_t j, struct pool *pools)
+{
+    int64_t n = c->d->n, j0 = j;
+    int euclid = is_euclid(c->score);
+    __m512 k = _mm512_set1_ps(c->key[i]);
+    for (; j + 16 <= n; j += 16) {
+        __m512 a = _mm512_loadu_ps(dots + (j - j0));
+        __m512 v = euclid ? _mm512_sub_ps(_mm512_add_ps(a, a), k) : _mm512_mul_ps(a, k);
+        unsigned m = _mm512_cmp_ps_mask(v, _mm512_loadu_ps(c->qtlo + j), _CMP_GE_OQ);
+        for (; m; m &= m - 1) {
+            int64_t q = j + __builtin_ctz(m);
+            offer(c, q, i, dots[q - j0], &pools[q]);
+        }
+    }
     return j;
 }
 
 static int64_t scan_screened(struct eval_ctx *c, int64_t qi, const float *dots, int64_t j,
-                             struct pool *p)
+                             int64_t j0, struct pool *p)
 {
     if (__builtin_cpu_supports("avx512f"))
-        return scan_screened_avx512(c, qi, dots, j, p);
+        return scan_screened_avx512(c, qi, dots, j, j0, p);
+    return j;
+}
+
+static int64_t scan_column_simd(struct eval_ctx *c, int64_t i, const float *dots, int64_t j,
+                                struct pool *pools)
+{
+    if (__builtin_cpu_supports("avx512f"))
+        return scan_column_avx512(c, i, dots, j, pools);
     return j;
 }
 #else
 static int64_t scan_screened(struct eval_ctx *c, int64_t qi, const float *dots, int64_t j,
-                             struct pool *p)
+                             int64_t j0, struct pool *p)
 {
-    (void)c, (void)qi, (void)dots, (void)p;
+    (void)c, (void)qi, (void)dots, (void)j0, (void)p;
+    return j;
+}
+
+static int64_t scan_column_simd(struct eval_ctx *c, int64_t i, const float *dots, int64_t j,
+                                struct pool *pools)
+{
+    (void)c, (void)i, (void)dots, (void)pools;
     return j;
 }
 #endif
 
 /* Offer every candidate of the row that passes the screen (once the screen is on, it stays on
- * for the row). */
-static void scan_row(struct eval_ctx *c, int64_t qi, const float *dots, struct pool *p)
+ * for the row): index rows j0 .. n, row j's dot product in dots[j - j0]. */
+static void scan_row(struct eval_ctx *c, int64_t qi, const float *dots, int64_t j0, struct pool *p)
 {
     int64_t nd = c->d->n;
-    for (int64_t j = 0; j < nd; j++) {
+    for (int64_t j = j0; j < nd; j++) {
         if (p->screen) {
-            j = scan_screened(c, qi, dots, j, p);
-            j = next_candidate(c, dots, j, p->tlo);
+            j = scan_screened(c, qi, dots, j, j0, p);
+            j = next_candidate(c, dots, j, j0, p->tlo);
         }
         if (j < nd)
-            offer(c, qi, j, dots[j], p);
+            offer(c, qi, j, dots[j - j0], p);
     }
     if (p->n > c->heap_cap)
         cut_back(c, qi, p);
@@ -732,21 +801,22 @@ static void update_guess(struct eval_ctx *c, int n)
  * way the pool is the best heap_cap of all candidates. */
 static int fill_pool(struct eval_ctx *c, int64_t qi, const float *dots)
 {
-    struct pool p = {0};
+    struct pool p = {.h = c->heap, .cap = c->buf_cap, .excl_lo = c->excl_lo, .excl_hi = c->excl_hi};
     if (c->filter && c->has_guess) {
         p.spec = p.screen = 1;
         p.est = c->guess;
         p.tlo = screen_threshold(c, qi, p.est);
-        scan_row(c, qi, dots, &p);
+        scan_row(c, qi, dots, 0, &p);
         if (p.nspec >= c->heap_cap) {
             c->gap = p.nspec > 4 * c->heap_cap && c->gap > 0.01 ? c->gap * 0.8 : c->gap;
             update_guess(c, p.n);
             return p.n;
         }
         c->gap = c->gap < 64 ? c->gap * 2 : c->gap;
-        memset(&p, 0, sizeof p);
+        p = (struct pool){
+            .h = c->heap, .cap = c->buf_cap, .excl_lo = c->excl_lo, .excl_hi = c->excl_hi};
     }
-    scan_row(c, qi, dots, &p);
+    scan_row(c, qi, dots, 0, &p);
     if (c->filter)
         update_guess(c, p.n);
     return p.n;
@@ -775,18 +845,17 @@ static int64_t relevant_count(const struct eval_ctx *c, int64_t qi)
 
 /* Rank the candidates of query qi (dots: its row of n_index dot products), add its nine
  * values to sum (or count it as skipped). */
-static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double *sum,
-                       struct ft_metrics_result *out)
+/* Rank query qi's pool h (n, at most heap_cap; c->excl_lo/hi its own rows), add its nine
+ * values to sum (or count it as skipped), or write its top k (ft_retrieval_topk). */
+static void finish_query(struct eval_ctx *c, int64_t qi, struct hit *h, int n, double *sum,
+                         struct ft_metrics_result *out)
 {
     int32_t ql = c->q->labels[qi];
-    if (c->exclude)
-        find_own_rows(c, qi);
-    int n = fill_pool(c, qi, dots);
     if (c->top_ids) { /* examples: the ranking itself, whatever R is */
-        refine_pool(c, qi, c->heap, n);
+        refine_pool(c, qi, h, n);
         for (int i = 0; i < c->k; i++) {
-            c->top_ids[qi * c->k + i] = i < n ? c->heap[i].id : -1;
-            c->top_scores[qi * c->k + i] = i < n ? c->heap[i].score : 0.0;
+            c->top_ids[qi * c->k + i] = i < n ? h[i].id : -1;
+            c->top_scores[qi * c->k + i] = i < n ? h[i].score : 0.0;
         }
         return;
     }
@@ -795,15 +864,26 @@ static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double
         out->skipped++;
         return;
     }
-    refine_pool(c, qi, c->heap, n);
+    refine_pool(c, qi, h, n);
     n = n < c->k ? n : c->k;
     for (int i = 0; i < n; i++)
-        c->rel[i] = (unsigned char)is_relevant(ql, c->d->labels[c->heap[i].row]);
+        c->rel[i] = (unsigned char)is_relevant(ql, c->d->labels[h[i].row]);
     double v[FT_NUM_METRICS];
     query_metrics(c->rel, n, R, c->k, c->idcg, v);
     for (int m = 0; m < FT_NUM_METRICS; m++)
         sum[m] += v[m];
     out->evaluated++;
+}
+
+/* Rank the candidates of query qi (dots: its row of n_index dot products), add its nine
+ * values to sum (or count it as skipped). */
+static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double *sum,
+                       struct ft_metrics_result *out)
+{
+    if (c->exclude)
+        find_own_rows(c, qi);
+    int n = fill_pool(c, qi, dots);
+    finish_query(c, qi, c->heap, n, sum, out);
 }
 
 /* Dot products of queries [q0, q0 + nb) with every index row into c->dots. */
@@ -842,6 +922,9 @@ static void ctx_free(struct eval_ctx *c)
     free(c->dots);
     free(c->heap);
     free(c->rel);
+    free(c->qtlo);
+    free(c->dup_first);
+    free(c->dup_rows);
 }
 
 /* The screening keys and whether the norms allow the filter. -1 on ENOMEM. */
@@ -960,6 +1043,201 @@ static void eval_all(struct eval_ctx *c, int block, double *sum, struct ft_metri
     }
 }
 
+/* ---- symmetric mode ----
+ * When the queries are the index (one embedding array, as EvaluationCallback without
+ * index_data), the dot products form a symmetric matrix and half of it is enough: block I of
+ * queries [i0, i0 + nb) gets one sgemm against rows [i0, n) (about half the flops of the full
+ * matrix over all blocks). Each query keeps a pool of its own across the blocks:
+ *  - row scan: query i (in block I) is offered rows [i0, n) from its row of the tile, with
+ *    scan_row's screen;
+ *  - column scan: query j >= i0 + nb (after block I) is offered each row i of block I with
+ *    the tile's entry (i, j), screened against its threshold in c->qtlo, sixteen queries at a
+ *    time.
+ * So every (query, row) pair is offered once, rows before the query's block by the column
+ * scans, the rest by its row scan. A pool is the best heap_cap of what it was offered,
+ * whatever the order (ranks_before is a total order), so the pools, and everything after
+ * them, are those of eval_all; duplicates are offered through their representative (offer).
+ * Memory: n pools of 2 heap_cap hits (about 2 KiB a query for limit 20), so it is used only
+ * while that stays under SYM_BUDGET bytes; the speculative guess of fill_pool is not used. */
+#define SYM_BUDGET (64 * 1024 * 1024)
+
+static int sym_cap(const struct eval_ctx *c)
+{
+    return 2 * c->heap_cap;
+}
+
+/* Whether symmetric mode applies (the caller has the screening filter on). */
+static int sym_wanted(const struct eval_ctx *c)
+{
+    int64_t n = c->d->n;
+    size_t per_query = sizeof(struct pool) + (size_t)sym_cap(c) * sizeof(struct hit) + 4;
+    return c->q->emb == c->d->emb && c->q->n == n && n >= 2 * MAX_BLOCK && c->filter &&
+           (size_t)n <= SYM_BUDGET / per_query;
+}
+
+/* dup_first/dup_rows: the duplicates of each representative (symmetric mode). -1 on ENOMEM. */
+static int prepare_dup_lists(struct eval_ctx *c)
+{
+    int64_t n = c->d->n;
+    c->dup_first = calloc((size_t)n + 2, sizeof *c->dup_first);
+    c->dup_rows = malloc(((size_t)c->ndups + 1) * sizeof *c->dup_rows);
+    if (!c->dup_first || !c->dup_rows)
+        return -1;
+    for (int64_t t = 0; t < c->ndups; t++)
+        c->dup_first[c->rep[c->dups[t]] + 2]++;
+    for (int64_t r = 0; r < n; r++)
+        c->dup_first[r + 2] += c->dup_first[r + 1];
+    for (int64_t t = 0; t < c->ndups; t++) /* dups is ascending: each list is too */
+        c->dup_rows[c->dup_first[c->rep[c->dups[t]] + 1]++] = c->dups[t];
+    return 0;
+}
+
+/* Offer row i (of block [i0, i0 + nb)) to the queries after the block: dots[t] is the entry
+ * of query i0 + nb + t. */
+static void scan_column(struct eval_ctx *c, int64_t i, const float *dots, int64_t j0,
+                        struct pool *pools)
+{
+    int64_t n = c->d->n;
+    int euclid = is_euclid(c->score);
+    int64_t j = scan_column_simd(c, i, dots, j0, pools);
+    for (; j < n; j++)
+        if (screen_value(dots[j - j0], c->key[i], euclid) >= c->qtlo[j])
+            offer(c, j, i, dots[j - j0], &pools[j]);
+}
+
+/* Query i's pool before any candidate: no bar; screening at -inf (everything passes). */
+static struct pool sym_pool(struct eval_ctx *c, int64_t i, struct hit *h, int cap)
+{
+    if (c->exclude)
+        find_own_rows(c, i);
+    c->qtlo[i] = -INFINITY;
+    return (struct pool){.h = h,
+                         .cap = cap,
+                         .screen = 1,
+                         .tlo = -INFINITY,
+                         .excl_lo = c->excl_lo,
+                         .excl_hi = c->excl_hi};
+}
+
+/* A guess of every query's pool bar: the lowest worst score of the complete pools of up to
+ * `block` queries spread evenly over the rows (every (n / s)-th, so an index sorted by label
+ * is sampled across its labels; about one query in s then guesses too high and sym_redo redoes
+ * it). Costs s / n of the full matrix. 0 when there is no guess (a pool short of heap_cap, a
+ * score not finite). qbuf (block, dim) scratch. */
+static int sym_guess(struct eval_ctx *c, int block, float *qbuf, double *guess)
+{
+    int64_t n = c->d->n;
+    int s = (int)(n < block ? n : block);
+    for (int r = 0; r < s; r++)
+        memcpy(qbuf + (size_t)r * c->dim, c->d->emb + (size_t)(r * (n / s)) * c->dim,
+               (size_t)c->dim * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, (int)n, c->dim, 1.0f, qbuf, c->dim,
+                c->d->emb, c->dim, 0.0f, c->dots, (int)n);
+    double g = INFINITY;
+    for (int r = 0; r < s; r++) {
+        int64_t qi = r * (n / s);
+        if (c->exclude)
+            find_own_rows(c, qi);
+        struct pool p = {.h = c->heap,
+                         .cap = c->buf_cap,
+                         .screen = 1,
+                         .tlo = -INFINITY,
+                         .excl_lo = c->excl_lo,
+                         .excl_hi = c->excl_hi};
+        c->qtlo[qi] = -INFINITY;
+        scan_row(c, qi, c->dots + (size_t)r * n, 0, &p);
+        if (p.n < c->heap_cap)
+            return 0;
+        for (int t = 0; t < p.n; t++)
+            g = p.h[t].score < g ? p.h[t].score : g;
+    }
+    *guess = g;
+    return isfinite(g);
+}
+
+/* Queries whose guess was too high (fewer than heap_cap candidates reached it, so the pool may
+ * miss some of its best): their pools again from whole rows, block by block, as eval_all does.
+ * failed (nf) their rows; qbuf (block, dim) scratch. */
+static void sym_redo(struct eval_ctx *c, struct pool *pools, const int64_t *failed, int64_t nf,
+                     int block, float *qbuf)
+{
+    int64_t n = c->d->n;
+    size_t row_bytes = (size_t)c->dim * sizeof(float);
+    for (int64_t f0 = 0; f0 < nf; f0 += block) {
+        int nb = (int)(nf - f0 < block ? nf - f0 : block);
+        for (int r = 0; r < nb; r++)
+            memcpy(qbuf + (size_t)r * c->dim, c->d->emb + (size_t)failed[f0 + r] * c->dim,
+                   row_bytes);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n, c->dim, 1.0f, qbuf, c->dim,
+                    c->d->emb, c->dim, 0.0f, c->dots, (int)n);
+        for (int r = 0; r < nb; r++) {
+            int64_t qi = failed[f0 + r];
+            struct pool *p = &pools[qi];
+            *p = sym_pool(c, qi, p->h, p->cap);
+            scan_row(c, qi, c->dots + (size_t)r * n, 0, p);
+        }
+    }
+}
+
+/* eval_all for queries = index in symmetric mode. -1 on ENOMEM (nothing counted). */
+static int eval_symmetric(struct eval_ctx *c, int block, double *sum, struct ft_metrics_result *out)
+{
+    int64_t n = c->d->n, nf = 0;
+    int cap = sym_cap(c);
+    struct pool *pools = malloc((size_t)n * sizeof *pools);
+    struct hit *hits = malloc((size_t)n * (size_t)cap * sizeof *hits);
+    int64_t *failed = malloc((size_t)n * sizeof *failed);
+    float *qbuf = malloc((size_t)block * (size_t)c->dim * sizeof *qbuf);
+    c->qtlo = malloc((size_t)n * sizeof *c->qtlo);
+    int rc = -1;
+    if (!pools || !hits || !failed || !qbuf || !c->qtlo || prepare_dup_lists(c) != 0)
+        goto done;
+    c->sym = 1;
+    double g;
+    int spec = sym_guess(c, block, qbuf, &g);
+    for (int64_t i = 0; i < n; i++) {
+        struct pool *p = &pools[i];
+        *p = sym_pool(c, i, hits + (size_t)i * cap, cap);
+        if (spec) {
+            p->spec = 1;
+            p->est = g;
+            p->tlo = c->qtlo[i] = screen_threshold(c, i, g);
+        }
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += block) {
+        int nb = (int)(n - i0 < block ? n - i0 : block);
+        int64_t m = n - i0; /* tile: (nb, m), rows [i0, n) */
+        const float *e = c->d->emb + (size_t)i0 * c->dim;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)m, c->dim, 1.0f, e, c->dim, e,
+                    c->dim, 0.0f, c->dots, (int)m);
+        for (int r = 0; r < nb; r++)
+            scan_row(c, i0 + r, c->dots + (size_t)r * m, i0, &pools[i0 + r]);
+        if (i0 + nb < n)
+            for (int r = 0; r < nb; r++)
+                if (c->rep[i0 + r] == i0 + r)
+                    scan_column(c, i0 + r, c->dots + (size_t)r * m + nb, i0 + nb, pools);
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (pools[i].spec && pools[i].nspec < c->heap_cap)
+            failed[nf++] = i;
+    sym_redo(c, pools, failed, nf, block, qbuf);
+    for (int64_t i = 0; i < n; i++) {
+        struct pool *p = &pools[i];
+        if (p->n > c->heap_cap)
+            cut_back(c, i, p);
+        if (c->exclude)
+            find_own_rows(c, i);
+        finish_query(c, i, p->h, p->n, sum, out);
+    }
+    rc = 0;
+done:
+    free(pools);
+    free(hits);
+    free(failed);
+    free(qbuf);
+    return rc;
+}
+
 /* Shared by ft_retrieval_metrics and ft_retrieval_topk (top_ids non-NULL). */
 static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eval_set *index,
                             int dim, int k, enum ft_score score, int exclude_self,
@@ -1021,7 +1299,14 @@ static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eva
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory computing retrieval metrics");
     }
     double sum[FT_NUM_METRICS] = {0};
-    eval_all(&c, (int)block, sum, out);
+    if (sym_wanted(&c)) {
+        if (eval_symmetric(&c, (int)block, sum, out) != 0) {
+            ctx_free(&c);
+            return ft_error_set(err, FT_ENOMEM, NULL, "out of memory computing retrieval metrics");
+        }
+    } else {
+        eval_all(&c, (int)block, sum, out);
+    }
     for (int m = 0; m < FT_NUM_METRICS; m++)
         out->value[m] = out->evaluated > 0 ? sum[m] / (double)out->evaluated : 0.0;
     ctx_free(&c);

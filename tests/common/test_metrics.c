@@ -312,3 +312,135 @@ Test(metrics, topk_ranks_like_the_metrics)
     cr_assert(ids[0] == 0 && ids[1] == 1 && ids[2] == -1, "row of id 2: %lld %lld %lld",
               (long long)ids[0], (long long)ids[1], (long long)ids[2]);
 }
+
+/* Queries = index (one embedding array) take the symmetric path (half the dot products, a pool
+ * per query across blocks, a guessed bar); a copy of the array as index takes the one-matrix
+ * path. Both must give the same pools, so bitwise-equal metrics and top-k ids and scores:
+ * every score, limits from 1 to past the pool size, with and without exclusion, an index of
+ * 1,000 rows (not a multiple of the 128-row blocks) with bitwise-equal rows spread over the
+ * blocks, repeated ids (the excluded rows are all the rows of the query's id), random and
+ * clustered rows (there many queries guess too high and are redone). */
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Fills e (n, dim) and labels: random rows, or (clustered) rows sorted into five clusters of
+ * different spread, so the first rows are not like the rest; every 37th row (from the 5th)
+ * copies row i / 3 (in an earlier block, often the first). */
+static void sym_data(float *e, int32_t *labels, int n, int dim, int clustered)
+{
+    unsigned s = 777;
+    for (int i = 0; i < n * dim; i++) {
+        s = s * 1103515245u + 12345u;
+        e[i] = (float)((s >> 8) & 0xffffff) / 16777216.0f - 0.5f;
+    }
+    for (int i = 0; i < n; i++) {
+        labels[i] = clustered ? (int32_t)(i * 5 / n) : (int32_t)((i * 7) % 5);
+        for (int c = 0; clustered && c < dim; c++) /* center: row labels[i] of the noise */
+            e[i * dim + c] = e[labels[i] * dim + c] + e[i * dim + c] * 0.05f * (labels[i] + 1);
+        if (i % 37 == 5)
+            memcpy(e + i * dim, e + (i / 3) * dim, dim * sizeof *e);
+    }
+}
+
+Test(metrics, symmetric_path_matches_one_matrix, .timeout = 120)
+{
+    enum { N = 1000, DIM = 24 };
+    float *e = malloc(N * DIM * sizeof *e), *copy = malloc(N * DIM * sizeof *copy);
+    int64_t *ids = malloc(N * sizeof *ids);
+    int32_t *labels = malloc(N * sizeof *labels);
+    for (int i = 0; i < N; i++)
+        ids[i] = i % 97 == 0 ? i + 1 : i; /* a few ids twice */
+    struct ft_eval_set qs = {e, ids, labels, N}, ds = {copy, ids, labels, N};
+    static int64_t ta[N * 70], tb[N * 70];
+    static double sa[N * 70], sb[N * 70];
+    const int limits[] = {1, 5, 20, 70};
+    for (int clustered = 0; clustered <= 1; clustered++) {
+        sym_data(e, labels, N, DIM, clustered);
+        memcpy(copy, e, N * DIM * sizeof *e);
+        for (int score = FT_SCORE_COSINE; score <= FT_SCORE_INNER_PRODUCT; score++) {
+            for (size_t li = 0; li < sizeof limits / sizeof *limits; li++) {
+                int k = limits[li];
+                for (int excl = 0; excl <= 1; excl++) {
+                    struct ft_metrics_result a, b;
+                    cr_assert_eq(
+                        ft_retrieval_metrics_by_id(&qs, &qs, DIM, k, score, excl, &a, NULL), FT_OK);
+                    cr_assert_eq(
+                        ft_retrieval_metrics_by_id(&qs, &ds, DIM, k, score, excl, &b, NULL), FT_OK);
+                    cr_assert_eq(a.evaluated, b.evaluated);
+                    cr_assert_eq(a.skipped, b.skipped);
+                    for (int m = 0; m < FT_NUM_METRICS; m++)
+                        cr_assert(a.value[m] == b.value[m],
+                                  "clustered %d score %d k %d excl %d %s: %.17g vs %.17g",
+                                  clustered, score, k, excl, ft_metric_name(m), a.value[m],
+                                  b.value[m]);
+                    cr_assert_eq(ft_retrieval_topk(&qs, &qs, DIM, k, score, excl, ta, sa, NULL),
+                                 FT_OK);
+                    cr_assert_eq(ft_retrieval_topk(&qs, &ds, DIM, k, score, excl, tb, sb, NULL),
+                                 FT_OK);
+                    cr_assert(memcmp(ta, tb, (size_t)N * k * sizeof *ta) == 0,
+                              "clustered %d score %d k %d ids", clustered, score, k);
+                    cr_assert(memcmp(sa, sb, (size_t)N * k * sizeof *sa) == 0,
+                              "clustered %d score %d k %d", clustered, score, k);
+                }
+            }
+        }
+    }
+    free(e);
+    free(copy);
+    free(ids);
+    free(labels);
+}
+
+/* The symmetric path's duplicate handling: 305 copies of one vector v among 60 others near it
+ * (v plus noise), shuffled ids, as queries and index at once. The copies tie exactly for every
+ * query, though their dot products come from different tiles that round them differently, so
+ * the copies in each query's top 40 must be the smallest ids among them (not the query's own),
+ * in id order. */
+Test(metrics, symmetric_path_breaks_duplicate_ties_by_id)
+{
+    enum { N = 365, DIM = 40, K = 40 };
+    static float e[N * DIM], v[DIM];
+    static int64_t ids[N], top[N * K], copy_ids[N];
+    static int32_t labels[N];
+    static double scores[N * K];
+    unsigned s = 4242;
+    for (int c = 0; c < DIM; c++) {
+        s = s * 1103515245u + 12345u;
+        v[c] = (float)((s >> 8) & 0xffffff) / 16777216.0f - 0.5f;
+    }
+    int ncopies = 0;
+    for (int j = 0; j < N; j++) {
+        ids[j] = (j * 11 + 150) % N; /* a permutation of 0..364 (gcd(11, 365) = 1) */
+        labels[j] = 0;
+        for (int c = 0; c < DIM; c++) {
+            s = s * 1103515245u + 12345u;
+            float noise = ((float)((s >> 8) & 0xffffff) / 16777216.0f - 0.5f) * 0.1f;
+            e[j * DIM + c] = j % 6 == 0 ? v[c] + noise : v[c];
+        }
+        if (j % 6 != 0)
+            copy_ids[ncopies++] = ids[j];
+    }
+    qsort(copy_ids, (size_t)ncopies, sizeof *copy_ids, cmp_i64);
+    struct ft_eval_set set = {e, ids, labels, N};
+    for (int score = FT_SCORE_COSINE; score <= FT_SCORE_INNER_PRODUCT; score++) {
+        cr_assert_eq(ft_retrieval_topk(&set, NULL, DIM, K, score, 1, top, scores, NULL), FT_OK);
+        for (int q = 0; q < N; q++) {
+            int next = 0; /* the next copy id expected in the ranking */
+            for (int r = 0; r < K; r++) {
+                int64_t id = top[q * K + r];
+                int is_copy = bsearch(&id, copy_ids, (size_t)ncopies, sizeof id, cmp_i64) != NULL;
+                if (!is_copy)
+                    continue;
+                if (copy_ids[next] == ids[q])
+                    next++;
+                cr_assert_eq(id, copy_ids[next], "score %d query %d rank %d: id %lld, want %lld",
+                             score, q, r, (long long)id, (long long)copy_ids[next]);
+                next++;
+            }
+            cr_assert_gt(next, 0, "score %d query %d: no copy in its top %d", score, q, K);
+        }
+    }
+}
