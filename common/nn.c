@@ -7,6 +7,12 @@
  * layer norm statistics, pooling means, bias sums) accumulate in double. Element-wise loops
  * work in unrolled blocks of 8 that the compiler vectorises, and row reductions interleave four
  * rows; each value and each sum is computed exactly as the plain loop would.
+ * On x86-64 the hot loops of the cnn (batch norm, 2x2 max pooling) also have AVX2 paths,
+ * chosen at run time (the build targets baseline x86-64); the scalar code stays as the fallback
+ * and the reference. The AVX2 paths repeat its operations lane by lane: no FMA, a double
+ * accumulator a[k] of the scalar code is lane k of a vector; so every value is bitwise that of
+ * the scalar path (tests/common/test_layers.c compares them through ft_nn_force_scalar), up to
+ * which NaN comes out where two different NaNs meet.
  * Formulas and reference numbers: tests/fixtures/torch/README.md (PyTorch 1.13). */
 #include "nn.h"
 
@@ -18,7 +24,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define NN_X86 1
+#endif
+
 #define L2_EPS 1e-12f
+
+/* ---- run-time dispatch ---- */
+
+/* Set by ft_nn_force_scalar (tests): every kernel takes its portable scalar path. */
+static int force_scalar;
+
+void ft_nn_force_scalar(int on)
+{
+    force_scalar = on;
+}
+
+#ifdef NN_X86
+static int have_avx2(void)
+{
+    return !force_scalar && __builtin_cpu_supports("avx2");
+}
+#endif
 
 /* ---- kernels ---- */
 
@@ -137,9 +165,7 @@ static void sum_squares4(const float *x, int D, double ss[4])
     ss[0] = s0, ss[1] = s1, ss[2] = s2, ss[3] = s3;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-
+#ifdef NN_X86
 /* Columns k .. k + 3 of the rows r[0..3] as four vectors (rows in the lanes), in double: a 4 x 4
  * transpose, then an exact widening. */
 __attribute__((target("avx"))) static inline void cols_pd(const float *const r[4], int k,
@@ -186,7 +212,7 @@ __attribute__((target("avx"))) static void dots16_avx(const float *x, const floa
 
 static int have_avx(void)
 {
-    return __builtin_cpu_supports("avx");
+    return !force_scalar && __builtin_cpu_supports("avx");
 }
 #else
 static void dots16_avx(const float *x, const float *y, int D, double out[16])
@@ -437,6 +463,215 @@ static void sum_grad(const float *g, const float *x, int n, float m, float r, do
     *sgx += (b[0] + b[1]) + (b[2] + b[3]);
 }
 
+#ifdef NN_X86
+/* The AVX2 paths of the three sums above run four rows p + q st (q = 0 .. 3) at once. A row's
+ * accumulators a[0..3] are the lanes of one vector and take the scalar loop's operations in its
+ * order (widening float -> double is exact; no FMA); the rows are independent chains whose adds
+ * overlap, where one row alone waits on each add's latency as the scalar loop does.
+ * Every value is the scalar path's; only which NaN comes out when two different NaNs meet
+ * (NaN and -NaN, a NaN and inf - inf) may differ, as x86 returns the first operand's and the
+ * compiler orders commutative operands as it likes (the scalar code at -O1 and -O2 already
+ * differ there). A NaN in batch norm fails the training step either way. */
+
+/* sum + sum_d(row q) for q = 0 .. rows-1 (rows <= 4), in order. */
+__attribute__((target("avx2"), always_inline)) static inline double
+sum_d_avx2(double sum, const float *p, size_t st, int n, int rows)
+{
+    __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                    _mm256_setzero_pd()};
+    int i0 = n / 4 * 4;
+    for (int i = 0; i < i0; i += 4)
+#pragma GCC unroll 4
+        for (int q = 0; q < rows; q++)
+            a[q] = _mm256_add_pd(a[q], _mm256_cvtps_pd(_mm_loadu_ps(p + q * st + i)));
+    for (int q = 0; q < rows; q++) {
+        double l[4];
+        _mm256_storeu_pd(l, a[q]);
+        for (int i = i0; i < n; i++)
+            l[0] += p[q * st + i];
+        sum += (l[0] + l[1]) + (l[2] + l[3]);
+    }
+    return sum;
+}
+
+/* ss + sum_sq_dev(row q, mu) for q = 0 .. rows-1 (rows <= 4), in order. */
+__attribute__((target("avx2"), always_inline)) static inline double
+sum_sq_dev_avx2(double ss, const float *p, size_t st, int n, double mu, int rows)
+{
+    __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                    _mm256_setzero_pd()};
+    __m256d vmu = _mm256_set1_pd(mu);
+    int i0 = n / 4 * 4;
+    for (int i = 0; i < i0; i += 4)
+#pragma GCC unroll 4
+        for (int q = 0; q < rows; q++) {
+            __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(p + q * st + i)), vmu);
+            a[q] = _mm256_add_pd(a[q], _mm256_mul_pd(d, d));
+        }
+    for (int q = 0; q < rows; q++) {
+        double l[4];
+        _mm256_storeu_pd(l, a[q]);
+        for (int i = i0; i < n; i++) {
+            double d = p[q * st + i] - mu;
+            l[0] += d * d;
+        }
+        ss += (l[0] + l[1]) + (l[2] + l[3]);
+    }
+    return ss;
+}
+
+/* sum_grad of rows q = 0 .. rows-1 (rows <= 4) of g and x, accumulated into *sg, *sgx in row
+ * order. */
+__attribute__((target("avx2"), always_inline)) static inline void
+sum_grad_avx2(const float *g, const float *x, size_t st, int n, float m, float r, double *sg,
+              double *sgx, int rows)
+{
+    __m256d a[4], b[4];
+    for (int q = 0; q < 4; q++)
+        a[q] = b[q] = _mm256_setzero_pd();
+    __m128 vm = _mm_set1_ps(m), vr = _mm_set1_ps(r);
+    int i0 = n / 4 * 4;
+    for (int i = 0; i < i0; i += 4)
+#pragma GCC unroll 4
+        for (int q = 0; q < rows; q++) {
+            __m256d gd = _mm256_cvtps_pd(_mm_loadu_ps(g + q * st + i));
+            __m128 xhat = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(x + q * st + i), vm), vr);
+            a[q] = _mm256_add_pd(a[q], gd);
+            b[q] = _mm256_add_pd(b[q], _mm256_mul_pd(_mm256_cvtps_pd(xhat), gd));
+        }
+    for (int q = 0; q < rows; q++) {
+        double la[4], lb[4];
+        _mm256_storeu_pd(la, a[q]);
+        _mm256_storeu_pd(lb, b[q]);
+        for (int i = i0; i < n; i++) {
+            double gi = g[q * st + i];
+            la[0] += gi;
+            lb[0] += gi * ((x[q * st + i] - m) * r);
+        }
+        *sg += (la[0] + la[1]) + (la[2] + la[3]);
+        *sgx += (lb[0] + lb[1]) + (lb[2] + lb[3]);
+    }
+}
+
+/* All ones in the lanes below k (k >= 8: all eight). */
+__attribute__((target("avx2"))) static inline __m256i lanes_below(int k)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* channel_stats on the AVX2 sums: four rows at a time, then one. */
+__attribute__((target("avx2"))) static void channel_stats_avx2(const float *x, int N, int C, int S,
+                                                               int c, double *mean, double *var)
+{
+    const float *x0 = x + (size_t)c * S;
+    size_t st = (size_t)C * S;
+    double sum = 0.0, ss = 0.0;
+    int n = 0;
+    for (; n + 4 <= N; n += 4)
+        sum = sum_d_avx2(sum, x0 + n * st, st, S, 4);
+    for (; n < N; n++)
+        sum = sum_d_avx2(sum, x0 + n * st, st, S, 1);
+    double mu = sum / ((double)N * S);
+    for (n = 0; n + 4 <= N; n += 4)
+        ss = sum_sq_dev_avx2(ss, x0 + n * st, st, S, mu, 4);
+    for (; n < N; n++)
+        ss = sum_sq_dev_avx2(ss, x0 + n * st, st, S, mu, 1);
+    *mean = mu;
+    *var = ss / ((double)N * S);
+}
+
+/* One batch norm output row: o (n) = (x - m) scale + b (o may be x); the last < 8 masked. */
+__attribute__((target("avx2"))) static void bn_row_avx2(float *o, const float *x, int n, float m,
+                                                        float scale, float b)
+{
+    __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(scale), vb = _mm256_set1_ps(b);
+    for (int i = 0; i < n; i += 8) {
+        __m256i keep = lanes_below(n - i);
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, keep), vm), vs);
+        _mm256_maskstore_ps(o + i, keep, _mm256_add_ps(v, vb));
+    }
+}
+
+/* ft_batchnorm_forward with the AVX2 statistics and rows. */
+__attribute__((target("avx2"))) static void
+batchnorm_forward_avx2(float *out, float *mean, float *rstd, float *running_mean,
+                       float *running_var, const float *inp, const float *w, const float *b, int N,
+                       int C, int S, int training)
+{
+    double M = (double)N * S;
+    for (int c = 0; c < C; c++) {
+        double mu, var;
+        if (training) {
+            channel_stats_avx2(inp, N, C, S, c, &mu, &var);
+            if (running_mean) {
+                double unbiased = M > 1 ? var * M / (M - 1) : var;
+                running_mean[c] =
+                    (float)((1.0 - FT_BN_MOMENTUM) * running_mean[c] + FT_BN_MOMENTUM * mu);
+                running_var[c] =
+                    (float)((1.0 - FT_BN_MOMENTUM) * running_var[c] + FT_BN_MOMENTUM * unbiased);
+            }
+        } else {
+            mu = running_mean[c];
+            var = running_var[c];
+        }
+        float m = (float)mu, r = (float)(1.0 / sqrt(var + FT_NORM_EPS));
+        float scale = w[c] * r;
+        mean[c] = m;
+        rstd[c] = r;
+        for (int n = 0; n < N; n++)
+            bn_row_avx2(out + ((size_t)n * C + c) * S, inp + ((size_t)n * C + c) * S, S, m, scale,
+                        b[c]);
+    }
+}
+
+/* One batch norm input gradient row: xhat = (x - m) r, d (n) = k (fm g - fsd - xhat fsdx)
+ * with f = {m, r, k, fm, fsd, fsdx}, the scalar loop's operations (d may be g); the last < 8
+ * masked. */
+__attribute__((target("avx2"))) static void
+bn_grad_row_avx2(float *d, const float *g, const float *x, int n, const float f[6])
+{
+    __m256 m = _mm256_set1_ps(f[0]), r = _mm256_set1_ps(f[1]), k = _mm256_set1_ps(f[2]);
+    __m256 fm = _mm256_set1_ps(f[3]), fsd = _mm256_set1_ps(f[4]), fsdx = _mm256_set1_ps(f[5]);
+    for (int i = 0; i < n; i += 8) {
+        __m256i keep = lanes_below(n - i);
+        __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, keep), m), r);
+        __m256 t = _mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(g + i, keep), fm), fsd);
+        t = _mm256_sub_ps(t, _mm256_mul_ps(xhat, fsdx));
+        _mm256_maskstore_ps(d + i, keep, _mm256_mul_ps(t, k));
+    }
+}
+
+/* ft_batchnorm_backward with the AVX2 sums and rows. */
+__attribute__((target("avx2"))) static void
+batchnorm_backward_avx2(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                        const float *mean, const float *rstd, const float *w, int N, int C, int S,
+                        int training)
+{
+    double M = (double)N * S;
+    size_t st = (size_t)C * S;
+    for (int c = 0; c < C; c++) {
+        double sd = 0.0, sdx = 0.0;
+        float m = mean[c], r = rstd[c];
+        const float *g0 = dout + (size_t)c * S, *x0 = inp + (size_t)c * S;
+        int n = 0;
+        for (; n + 4 <= N; n += 4)
+            sum_grad_avx2(g0 + n * st, x0 + n * st, st, S, m, r, &sd, &sdx, 4);
+        for (; n < N; n++)
+            sum_grad_avx2(g0 + n * st, x0 + n * st, st, S, m, r, &sd, &sdx, 1);
+        dw[c] += (float)sdx;
+        db[c] += (float)sd;
+        if (!dinp)
+            continue;
+        float wr = w[c] * r, k = training ? (float)(wr / M) : wr;
+        float fm = training ? (float)M : 1.0f, fsd = training ? (float)sd : 0.0f;
+        float fsdx = training ? (float)sdx : 0.0f;
+        const float f[6] = {m, r, k, fm, fsd, fsdx};
+        for (n = 0; n < N; n++)
+            bn_grad_row_avx2(dinp + n * st + (size_t)c * S, g0 + n * st, x0 + n * st, S, f);
+    }
+}
+#endif
+
 /* Biased mean and variance of channel c of x (N, C, S), two passes in double. */
 static void channel_stats(const float *x, int N, int C, int S, int c, double *mean, double *var)
 {
@@ -456,6 +691,13 @@ void ft_batchnorm_forward(float *out, float *mean, float *rstd, float *running_m
 {
     /* out (N, C, S), mean (C), rstd (C), running_mean (C), running_var (C), inp (N, C, S),
      * w (C), b (C) */
+#ifdef NN_X86
+    if (have_avx2()) {
+        batchnorm_forward_avx2(out, mean, rstd, running_mean, running_var, inp, w, b, N, C, S,
+                               training);
+        return;
+    }
+#endif
     double M = (double)N * S;
     for (int c = 0; c < C; c++) {
         double mu, var;
@@ -489,6 +731,12 @@ void ft_batchnorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            int S, int training)
 {
     /* dinp (N, C, S), dw (C), db (C), dout (N, C, S), inp (N, C, S), mean (C), rstd (C), w (C) */
+#ifdef NN_X86
+    if (have_avx2()) {
+        batchnorm_backward_avx2(dinp, dw, db, dout, inp, mean, rstd, w, N, C, S, training);
+        return;
+    }
+#endif
     double M = (double)N * S;
     for (int c = 0; c < C; c++) {
         double sd = 0.0, sdx = 0.0;
@@ -792,6 +1040,57 @@ static int argmax_window(const float *x, int t, int W, int k)
     return bi;
 }
 
+#ifdef NN_X86
+/* pool_pick on eight lanes: all ones where j wins against i (xj > xi, or xj NaN). */
+__attribute__((target("avx2"))) static inline __m256 pick_lanes(__m256 xi, __m256 xj)
+{
+    return _mm256_or_ps(_mm256_cmp_ps(xj, xi, _CMP_GT_OQ), _mm256_cmp_ps(xj, xj, _CMP_UNORD_Q));
+}
+
+/* The even and odd columns of the 2 n <= 16 floats at p, in order (masked loads: nothing past
+ * p + 2 n is read; the lanes from n on are 0). */
+__attribute__((target("avx2"))) static inline void even_odd(const float *p, int n, __m256 *ev,
+                                                            __m256 *od)
+{
+    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 a = _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n), lane));
+    __m256 b = _mm256_maskload_ps(p + 8, _mm256_cmpgt_epi32(_mm256_set1_epi32(2 * n - 8), lane));
+    /* shuffle_ps works per 128-bit half: (a0 a2 b0 b2 | a4 a6 b4 b6), then 64-bit pairs 0 2 1 3 */
+    __m256d e = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88));
+    __m256d o = _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd));
+    *ev = _mm256_castpd_ps(_mm256_permute4x64_pd(e, 0xd8));
+    *od = _mm256_castpd_ps(_mm256_permute4x64_pd(o, 0xd8));
+}
+
+/* One output row of 2x2 max pooling: o (Wo) and argmax a (Wo) of the windows whose top-left
+ * is at flat index t0 + 2 ow of the plane x (., W). Eight windows a vector, each lane the
+ * tournament of argmax2x2 with pool_pick's rule (the same picks with or without NaN); masked
+ * stores for the last < 8. */
+__attribute__((target("avx2"))) static void maxpool2_row_avx2(float *o, int32_t *a, const float *x,
+                                                              int t0, int W, int Wo)
+{
+    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int ow = 0; ow < Wo; ow += 8) {
+        int n = Wo - ow < 8 ? Wo - ow : 8, t = t0 + 2 * ow;
+        __m256 e0, o0, e1, o1;
+        even_odd(x + t, n, &e0, &o0);
+        even_odd(x + t + W, n, &e1, &o1);
+        __m256i it = _mm256_add_epi32(_mm256_set1_epi32(t), _mm256_add_epi32(lane, lane));
+        __m256i ib = _mm256_add_epi32(it, _mm256_set1_epi32(W));
+        __m256 top = pick_lanes(e0, o0), bottom = pick_lanes(e1, o1);
+        __m256 vt = _mm256_blendv_ps(e0, o0, top), vb = _mm256_blendv_ps(e1, o1, bottom);
+        it = _mm256_sub_epi32(it, _mm256_castps_si256(top)); /* + 1 where the odd column won */
+        ib = _mm256_sub_epi32(ib, _mm256_castps_si256(bottom));
+        __m256 last = pick_lanes(vt, vb);
+        __m256i bi = _mm256_castps_si256(
+            _mm256_blendv_ps(_mm256_castsi256_ps(it), _mm256_castsi256_ps(ib), last));
+        __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+        _mm256_maskstore_ps(o + ow, keep, _mm256_blendv_ps(vt, vb, last));
+        _mm256_maskstore_epi32(a + ow, keep, bi);
+    }
+}
+#endif
+
 void ft_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int B, int C, int H, int W,
                           int k)
 {
@@ -801,6 +1100,13 @@ void ft_maxpool2d_forward(float *out, int32_t *argmax, const float *inp, int B, 
         const float *x = inp + pl * H * W;
         float *o = out + pl * Ho * Wo;
         int32_t *a = argmax + pl * Ho * Wo;
+#ifdef NN_X86
+        if (k == 2 && have_avx2()) {
+            for (int oh = 0; oh < Ho; oh++)
+                maxpool2_row_avx2(o + oh * Wo, a + oh * Wo, x, 2 * oh * W, W, Wo);
+            continue;
+        }
+#endif
         for (int oh = 0; oh < Ho; oh++)
             for (int ow = 0; ow < Wo; ow++) {
                 int bi = argmax_window(x, oh * k * W + ow * k, W, k);

@@ -161,4 +161,11 @@ void ft_global_avgpool_backward(float *dinp, const float *dout, int B, int C, in
 void ft_flatten_forward(float *out, const float *inp, size_t N);
 void ft_flatten_backward(float *dinp, const float *dout, size_t N);
 
+/* ---- for tests ---- */
+
+/* on = 1: every kernel takes its portable scalar path, not the AVX/AVX2 one chosen at run time
+ * (the results are bitwise the same; tests compare the two). Not thread-safe: set it while no
+ * kernel runs. */
+void ft_nn_force_scalar(int on);
+
 #endif

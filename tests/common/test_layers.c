@@ -1,7 +1,8 @@
 /* test_layers.c — the layer kernels of nn.h beyond linear/relu/l2 (gelu, tanh, sigmoid, batch
  * norm, layer norm, dropout, conv2d, max/avg/global pooling, flatten) against their PyTorch
  * fixtures (tests/fixtures/torch/README.md) and against central finite differences in double
- * of independent double reference implementations on tiny shapes. */
+ * of independent double reference implementations on tiny shapes; and the AVX/AVX2 paths of
+ * batch norm, max pooling and sum_squares bitwise against their scalar paths. */
 #include "nn.h"
 #include "rng.h"
 #include "support/fixture.h"
@@ -704,4 +705,225 @@ Test(avgpool2d, backward_matches_finite_differences)
 Test(adaptive_avg_pool2d, backward_matches_finite_differences)
 {
     pool_fd(P_GLOBAL, 2, 3, 3, 4, 1);
+}
+
+/* ---- SIMD paths against the scalar ones, bitwise ---- */
+
+/* The kernels with an AVX/AVX2 path (chosen at run time) must give the bits of their scalar
+ * path (ft_nn_force_scalar) for every input: sizes that leave tails (not multiples of 4, 8 or 16;
+ * N = 1), ties, signed zeros, infinities and NaN of both signs. On a machine without AVX2 both
+ * runs take the scalar path and the tests pass trivially. */
+
+static void assert_same_bits(const void *simd, const void *scalar, size_t n, const char *what)
+{
+    const uint32_t *a = simd, *b = scalar;
+    size_t i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    cr_assert(memcmp(simd, scalar, n * sizeof *a) == 0,
+              "%s: SIMD and scalar paths differ first at word %zu of %zu (0x%08x vs 0x%08x)", what,
+              i, n, i < n ? a[i] : 0, i < n ? b[i] : 0);
+}
+
+/* n values in [-1, 1] in steps of 0.5 (many ties); when special, about one in six is one of
+ * -0, +inf, -inf, NaN, -NaN instead. */
+static float *tie_floats(struct ft_rng *rng, size_t n, int special)
+{
+    static const float odd[] = {-0.0f, INFINITY, -INFINITY, NAN, -NAN};
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = ft_rng_below(rng, 30);
+        v[i] = special && r < 5 ? odd[r] : (float)((int)ft_rng_below(rng, 5) - 2) * 0.5f;
+    }
+    return v;
+}
+
+/* Batch norm forward (with running statistics rm, rv (C)) and backward in one mode on the
+ * current path: all outputs and parameter gradients in one new buffer (free), 2 n + 6 C floats. */
+static float *bn_all_outputs(const float *x, const float *dout, const float *w, const float *b,
+                             const float *rm0, const float *rv0, int N, int C, int S, int training)
+{
+    size_t n = (size_t)N * C * S;
+    float *all = zeros(2 * n + 6 * (size_t)C);
+    float *out = all, *dx = all + n, *mean = dx + n, *rstd = mean + C, *rm = rstd + C;
+    float *rv = rm + C, *dw = rv + C, *db = dw + C;
+    memcpy(rm, rm0, (size_t)C * sizeof *rm);
+    memcpy(rv, rv0, (size_t)C * sizeof *rv);
+    for (int c = 0; c < C; c++)
+        dw[c] = db[c] = 0.125f; /* backward accumulates */
+    ft_batchnorm_forward(out, mean, rstd, rm, rv, x, w, b, N, C, S, training);
+    ft_batchnorm_backward(dx, dw, db, dout, x, mean, rstd, w, N, C, S, training);
+    return all;
+}
+
+/* One batch norm comparison on x (N, C, S) with a mean far from 0 (the deviations matter) and
+ * random dout; big values (BIG = 2^40) in about one in four values of each channel: of both x
+ * and dout, all positive, where a deviation x - mean taken in float instead of double would show;
+ * or cancelling, BIG, -BIG, BIG, ... in the order (n, i), an even number, so that a channel's
+ * sums pass through large partial sums and end small and the order of the adds shows: in x (its
+ * sum), or in dout with x pinned to 3 there (the sums of dout and of dout xhat).
+ * infs > 0: that many values of x and of dout become inf or -inf, and so do some weights and
+ * running statistics (every NaN that results is the default one); nan: one value of x becomes
+ * NaN. Not both: where two different NaNs meet, the instruction's operand order decides which
+ * comes out, and for the scalar code that is the compiler's choice (-O1 and -O2 differ). */
+enum bn_big { BIG_NONE, BIG_SAME_SIGN, BIG_CANCEL_X, BIG_CANCEL_DOUT };
+
+struct bn_case {
+    int N, C, S;
+    enum bn_big big;
+    int infs, nan;
+};
+
+#define BIG 0x1p40f
+
+/* Sets the big values of v (N, C, S) as above; pin (NULL = none) = 3 where v is set. */
+static void add_big(struct ft_rng *rng, float *v, float *pin, const struct bn_case *k, int cancel)
+{
+    for (int c = 0; c < k->C; c++) {
+        size_t open = SIZE_MAX;
+        float was = 0.0f;
+        for (int n = 0; n < k->N; n++)
+            for (int i = 0; i < k->S; i++) {
+                size_t j = ((size_t)n * k->C + c) * k->S + i;
+                if (ft_rng_below(rng, 4) != 0)
+                    continue;
+                was = v[j];
+                v[j] = open == SIZE_MAX ? BIG : -BIG;
+                open = cancel && open == SIZE_MAX ? j : SIZE_MAX;
+                if (pin)
+                    pin[j] = 3.0f;
+            }
+        if (open != SIZE_MAX) /* unpaired: undone (its pin stays, harmless) */
+            v[open] = was;
+    }
+}
+
+static float signed_inf(struct ft_rng *rng)
+{
+    return ft_rng_below(rng, 2) ? INFINITY : -INFINITY;
+}
+
+/* Both modes, both paths, bitwise. */
+static void batchnorm_simd_case(struct ft_rng *rng, const struct bn_case *k)
+{
+    int N = k->N, C = k->C, S = k->S;
+    size_t n = (size_t)N * C * S, len = 2 * n + 6 * (size_t)C;
+    float *x = random_floats(rng, n, 2.0), *dout = random_floats(rng, n, 1.0);
+    float *w = random_floats(rng, C, 1.5), *b = random_floats(rng, C, 1.0);
+    float *rm = random_floats(rng, C, 0.5), *rv = random_floats(rng, C, 0.5);
+    for (size_t i = 0; i < n; i++)
+        x[i] += 3.0f;
+    for (int c = 0; c < C; c++)
+        rv[c] += 1.0f;
+    if (k->big == BIG_SAME_SIGN || k->big == BIG_CANCEL_X)
+        add_big(rng, x, NULL, k, k->big == BIG_CANCEL_X);
+    if (k->big == BIG_SAME_SIGN || k->big == BIG_CANCEL_DOUT)
+        add_big(rng, dout, k->big == BIG_CANCEL_DOUT ? x : NULL, k, k->big == BIG_CANCEL_DOUT);
+    for (int i = 0; i < k->infs; i++) {
+        x[ft_rng_below(rng, n)] = signed_inf(rng);
+        dout[ft_rng_below(rng, n)] = signed_inf(rng);
+        float *param[] = {w, b, rm, rv};
+        if (ft_rng_below(rng, 3) == 0)
+            param[ft_rng_below(rng, 4)][ft_rng_below(rng, C)] = signed_inf(rng);
+    }
+    if (k->nan)
+        x[ft_rng_below(rng, n)] = NAN;
+    for (int training = 0; training < 2; training++) {
+        ft_nn_force_scalar(1);
+        float *want = bn_all_outputs(x, dout, w, b, rm, rv, N, C, S, training);
+        ft_nn_force_scalar(0);
+        float *got = bn_all_outputs(x, dout, w, b, rm, rv, N, C, S, training);
+        char what[96];
+        snprintf(what, sizeof what, "batchnorm N=%d C=%d S=%d big=%d infs=%d nan=%d training=%d", N,
+                 C, S, (int)k->big, k->infs, k->nan, training);
+        assert_same_bits(got, want, len, what);
+        free(want), free(got);
+    }
+    free(x), free(dout), free(w), free(b), free(rm), free(rv);
+}
+
+Test(batchnorm, simd_matches_scalar_bitwise)
+{
+    static const int shapes[][3] = {{1, 1, 1},  {1, 3, 5},  {4, 2, 1},  {5, 3, 7},
+                                    {8, 2, 13}, {9, 3, 37}, {6, 2, 49}, {7, 2, 100}};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 91);
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++) {
+        struct bn_case k = {shapes[t][0], shapes[t][1], shapes[t][2], BIG_NONE, 0, 0};
+        batchnorm_simd_case(&rng, &k);
+    }
+}
+
+Test(batchnorm, simd_matches_scalar_bitwise_with_large_values)
+{
+    static const int shapes[][3] = {{5, 3, 7}, {9, 3, 37}, {6, 2, 49}, {7, 2, 100}};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 95);
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++)
+        for (int big = BIG_SAME_SIGN; big <= BIG_CANCEL_DOUT; big++) {
+            struct bn_case k = {shapes[t][0], shapes[t][1], shapes[t][2], big, 0, 0};
+            batchnorm_simd_case(&rng, &k);
+        }
+}
+
+/* One NaN in x, or 1 to 4 infinities in x, in dout and among the parameters; 200 draws per
+ * shape (the small shapes put them in the same sums often). */
+Test(batchnorm, simd_matches_scalar_bitwise_with_nan_or_inf)
+{
+    static const int shapes[][3] = {{4, 1, 8},  {5, 1, 6}, {8, 1, 4},  {5, 3, 13},
+                                    {9, 2, 37}, {4, 2, 1}, {8, 2, 49}, {3, 2, 100}};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 92);
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++)
+        for (int draw = 0; draw < 200; draw++) {
+            int nan = draw % 2, infs = nan ? 0 : 1 + draw / 2 % 4;
+            struct bn_case k = {shapes[t][0], shapes[t][1], shapes[t][2], BIG_NONE, infs, nan};
+            batchnorm_simd_case(&rng, &k);
+        }
+}
+
+Test(maxpool2d, simd_matches_scalar_bitwise)
+{
+    static const int shapes[][5] = {{1, 1, 2, 2, 2},  {2, 3, 5, 7, 2},   {1, 2, 9, 33, 2},
+                                    {1, 1, 4, 35, 2}, {2, 2, 28, 28, 2}, {3, 2, 14, 14, 2},
+                                    {1, 1, 1, 5, 2},  {2, 3, 7, 7, 3},   {1, 2, 10, 11, 3}};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 93);
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++) {
+        int B = shapes[t][0], C = shapes[t][1], H = shapes[t][2], W = shapes[t][3];
+        int k = shapes[t][4];
+        size_t n = (size_t)B * C * H * W, no = (size_t)B * C * (H / k) * (W / k);
+        for (int special = 0; special < 2; special++) {
+            float *x = tie_floats(&rng, n, special), *out[2] = {zeros(no), zeros(no)};
+            int32_t *arg[2] = {calloc(no + 1, sizeof(int32_t)), calloc(no + 1, sizeof(int32_t))};
+            for (int scalar = 0; scalar < 2; scalar++) {
+                ft_nn_force_scalar(scalar);
+                ft_maxpool2d_forward(out[scalar], arg[scalar], x, B, C, H, W, k);
+            }
+            char what[64];
+            snprintf(what, sizeof what, "maxpool (%d, %d, %d, %d) k=%d", B, C, H, W, k);
+            assert_same_bits(out[0], out[1], no, what);
+            assert_same_bits(arg[0], arg[1], no, what);
+            free(x), free(out[0]), free(out[1]), free(arg[0]), free(arg[1]);
+        }
+    }
+}
+
+Test(sum_squares, simd_matches_scalar_bitwise)
+{
+    static const int shapes[][2] = {{1, 5}, {4, 3}, {16, 1}, {17, 13}, {37, 9}, {33, 64}};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 94);
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++) {
+        int B = shapes[t][0], D = shapes[t][1];
+        float *x = random_floats(&rng, (size_t)B * D, 3.0);
+        double ss[2][40];
+        for (int scalar = 0; scalar < 2; scalar++) {
+            ft_nn_force_scalar(scalar);
+            ft_sum_squares(ss[scalar], x, B, D);
+        }
+        assert_same_bits(ss[0], ss[1], 2 * (size_t)B, "sum_squares");
+        free(x);
+    }
 }
