@@ -563,6 +563,47 @@ Test(conv2d, output_sizes_floor)
     cr_assert_eq(ft_conv2d_scratch_size(&s), (size_t)9 * 169 + 169);
 }
 
+/* The bias gradient is each channel's sequential double sum over (n, p), n-major, rounded to
+ * float and added to db: exactly that, for 13 channels (a group of eight, then five one by
+ * one), with values over 40 binary orders of magnitude and a cancelling 2^60 pair, so any
+ * other order shows. */
+Test(conv2d, bias_gradient_is_the_sequential_sum)
+{
+    struct ft_conv2d_shape s = {3, 2, 5, 5, 13, 3, 3, 1, 1};
+    int P = ft_conv2d_out_h(&s) * ft_conv2d_out_w(&s);
+    size_t nout = (size_t)s.B * s.OC * P, nin = (size_t)s.B * s.C * s.H * s.W;
+    size_t nw = (size_t)s.OC * s.C * s.KH * s.KW;
+    float *dout = malloc(nout * sizeof *dout), *inp = calloc(nin, sizeof *inp);
+    float *w = calloc(nw, sizeof *w), *dw = calloc(nw, sizeof *dw);
+    float *scratch = malloc(ft_conv2d_scratch_size(&s) * sizeof *scratch);
+    float db[13], want[13];
+    unsigned r = 99;
+    for (size_t i = 0; i < nout; i++) {
+        r = r * 1103515245u + 12345u;
+        dout[i] = ldexpf((float)((r >> 8) & 0xffff) / 65536.0f - 0.5f, (int)((r >> 24) % 40) - 20);
+    }
+    for (int oc = 0; oc < s.OC; oc++) { /* 1, 2^60 first, -2^60 last: in order the 1 is lost */
+        dout[(size_t)oc * P] = 1.0f;
+        dout[(size_t)oc * P + 1] = 0x1p60f;
+        dout[((size_t)(s.B - 1) * s.OC + oc) * P + P - 1] = -0x1p60f;
+    }
+    for (int oc = 0; oc < s.OC; oc++) {
+        double sum = 0.0;
+        for (int n = 0; n < s.B; n++)
+            for (int p = 0; p < P; p++)
+                sum += dout[((size_t)n * s.OC + oc) * P + p];
+        db[oc] = 0.25f * (float)oc;
+        want[oc] = db[oc] + (float)sum;
+    }
+    ft_conv2d_backward(NULL, dw, db, scratch, dout, inp, w, &s);
+    cr_assert(memcmp(db, want, sizeof db) == 0, "db differs from the sequential sums");
+    free(dout);
+    free(inp);
+    free(w);
+    free(dw);
+    free(scratch);
+}
+
 /* ---- pooling, flatten ---- */
 
 Test(maxpool2d, fixture)
