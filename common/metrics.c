@@ -15,13 +15,15 @@
  *     pool is the same set of candidates, whatever the order they came in.
  *  2. Refinement: the pool is rescored exactly in double from the float32 embeddings (dot
  *     products, or the direct sum of (q_i - d_i)^2 for euclidean; float products are exact
- *     in double) and sorted; its first k are the ranking. This gives the float64 reference
- *     ranking unless the float32 screening error exceeds the margin of the pool. Only the
- *     pool's k best by screening score and those within twice the screening error of the
- *     k-th are rescored: the others cannot reach the top k.
+ *     in double) and sorted; its first k are the ranking. Only the pool's k best by screening
+ *     score and those within twice the screening error of the k-th are rescored: the others
+ *     cannot reach the top k. When the pool's worst is itself within that band (near-ties:
+ *     which of them the pool kept is rounding noise), every candidate of the query's row in
+ *     the band is rescored instead (pool_uncertain, wide_row). So the ranking is the float64
+ *     reference one whenever the filter is on (finite, moderate norms).
  * When the queries are the index (EvaluationCallback without index_data), the matrix is
  * symmetric and pass 1 computes half of it, each query keeping its pool across the blocks
- * (see "symmetric mode"); the pools, and so the results, are the same.
+ * (see "symmetric mode"); the rankings, and so the results, are the same.
  * Exact ties are broken by id, so bitwise-equal vectors must get bitwise-equal scores in both
  * passes. BLAS micro-kernels round the same column differently at different positions, so
  * bitwise-equal index vectors are found once (hash + memcmp) and every duplicate column
@@ -264,6 +266,7 @@ struct eval_ctx {
     double *idcg;       /* (heap_cap + 1) */
     float *dots;        /* (block, n_index) */
     struct hit *heap;   /* (buf_cap) the pool's buffer */
+    struct hit *wide;   /* (n_index) every candidate above an uncertain pool's bar (wide_row) */
     unsigned char *rel; /* (heap_cap) */
     int64_t *top_ids;   /* ft_retrieval_topk: (nq, k) outputs, else NULL */
     double *top_scores;
@@ -591,6 +594,7 @@ struct pool {
     double est;
     int64_t nspec;            /* candidates met scoring >= est */
     int64_t excl_lo, excl_hi; /* the query's own rows: by_id[excl_lo .. excl_hi) (exclude) */
+    int ranked;               /* h holds the exact ranking, best first (symmetric mode) */
 };
 
 /* c->excl_lo .. excl_hi = the entries of by_id with query qi's id (the index rows excluded
@@ -843,16 +847,16 @@ static int64_t relevant_count(const struct eval_ctx *c, int64_t qi)
     return R;
 }
 
-/* Rank the candidates of query qi (dots: its row of n_index dot products), add its nine
- * values to sum (or count it as skipped). */
 /* Rank query qi's pool h (n, at most heap_cap; c->excl_lo/hi its own rows), add its nine
- * values to sum (or count it as skipped), or write its top k (ft_retrieval_topk). */
-static void finish_query(struct eval_ctx *c, int64_t qi, struct hit *h, int n, double *sum,
-                         struct ft_metrics_result *out)
+ * values to sum (or count it as skipped), or write its top k (ft_retrieval_topk). ranked: h
+ * already holds the exact ranking (its first min(n, k)), best first. */
+static void finish_query(struct eval_ctx *c, int64_t qi, struct hit *h, int n, int ranked,
+                         double *sum, struct ft_metrics_result *out)
 {
     int32_t ql = c->q->labels[qi];
     if (c->top_ids) { /* examples: the ranking itself, whatever R is */
-        refine_pool(c, qi, h, n);
+        if (!ranked)
+            refine_pool(c, qi, h, n);
         for (int i = 0; i < c->k; i++) {
             c->top_ids[qi * c->k + i] = i < n ? h[i].id : -1;
             c->top_scores[qi * c->k + i] = i < n ? h[i].score : 0.0;
@@ -864,7 +868,8 @@ static void finish_query(struct eval_ctx *c, int64_t qi, struct hit *h, int n, d
         out->skipped++;
         return;
     }
-    refine_pool(c, qi, h, n);
+    if (!ranked)
+        refine_pool(c, qi, h, n);
     n = n < c->k ? n : c->k;
     for (int i = 0; i < n; i++)
         c->rel[i] = (unsigned char)is_relevant(ql, c->d->labels[h[i].row]);
@@ -875,6 +880,47 @@ static void finish_query(struct eval_ctx *c, int64_t qi, struct hit *h, int n, d
     out->evaluated++;
 }
 
+/* Whether the pool h (n: the best heap_cap candidates by screening score, c->filter on) may
+ * miss one of the exact k best. refine_pool rescores the pool's candidates down to the k-th
+ * screening score minus 2.2 screening errors (*bar); when the pool's worst is still at or
+ * above that bar, candidates left out of the pool may lie above it too (near-ties: BLAS rounds
+ * a dot product differently at different matrix positions, so which of them the pool kept is
+ * noise). Then the whole row must be looked at (wide_row). */
+static int pool_uncertain(const struct eval_ctx *c, int64_t qi, struct hit *h, int n, double *bar)
+{
+    if (!c->filter || n < c->heap_cap || n <= c->k || c->heap_cap >= c->d->n)
+        return 0;
+    double worst = INFINITY, band = 2.2 * score_error(c, qi);
+    for (int i = 0; i < n; i++)
+        worst = h[i].score < worst ? h[i].score : worst;
+    int above = 0; /* certain when the k-th best is above worst + band: k scores are */
+    for (int i = 0; i < n; i++)
+        above += h[i].score > worst + band;
+    if (above >= c->k)
+        return 0;
+    fill_ids(c, h, n);
+    select_best(h, n, c->k);
+    *bar = h[c->k - 1].score - band;
+    return 1;
+}
+
+/* Every candidate of query qi (c->excl_lo/hi its own rows) whose screening score is >= bar,
+ * into c->wide; returns the count. dots: its row of n_index dot products, a duplicate taking
+ * its representative's. refine_pool on them gives the exact ranking. */
+static int wide_row(struct eval_ctx *c, int64_t qi, const float *dots, double bar)
+{
+    struct pool own = {.excl_lo = c->excl_lo, .excl_hi = c->excl_hi};
+    int m = 0;
+    for (int64_t j = 0; j < c->d->n; j++) {
+        if (c->exclude && is_own_row(c, &own, j))
+            continue;
+        double s = pair_score(c, dots[c->rep[j]], qi, j);
+        if (s >= bar)
+            c->wide[m++] = (struct hit){s, -1, j};
+    }
+    return m;
+}
+
 /* Rank the candidates of query qi (dots: its row of n_index dot products), add its nine
  * values to sum (or count it as skipped). */
 static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double *sum,
@@ -883,7 +929,13 @@ static void eval_query(struct eval_ctx *c, int64_t qi, const float *dots, double
     if (c->exclude)
         find_own_rows(c, qi);
     int n = fill_pool(c, qi, dots);
-    finish_query(c, qi, c->heap, n, sum, out);
+    struct hit *h = c->heap;
+    double bar;
+    if (pool_uncertain(c, qi, h, n, &bar)) {
+        n = wide_row(c, qi, dots, bar);
+        h = c->wide;
+    }
+    finish_query(c, qi, h, n, 0, sum, out);
 }
 
 /* Dot products of queries [q0, q0 + nb) with every index row into c->dots. */
@@ -921,6 +973,7 @@ static void ctx_free(struct eval_ctx *c)
     free(c->idcg);
     free(c->dots);
     free(c->heap);
+    free(c->wide);
     free(c->rel);
     free(c->qtlo);
     free(c->dup_first);
@@ -979,9 +1032,10 @@ static int ctx_prepare(struct eval_ctx *c)
     c->idcg = malloc(((size_t)c->heap_cap + 1) * sizeof *c->idcg);
     c->buf_cap = 4 * c->heap_cap + 64;
     c->heap = malloc(((size_t)c->buf_cap + 1) * sizeof *c->heap);
+    c->wide = malloc(((size_t)nd + 1) * sizeof *c->wide);
     c->rel = malloc((size_t)c->heap_cap + 1);
     if (!c->qsq || !c->dsq || !c->rep || !c->dups || !c->label_count || !c->idcg || !c->heap ||
-        !c->rel)
+        !c->wide || !c->rel)
         return -1;
     if (find_duplicates(c->d->emb, nd, c->dim, c->rep) != 0)
         return -1;
@@ -1055,8 +1109,10 @@ static void eval_all(struct eval_ctx *c, int block, double *sum, struct ft_metri
  *    time.
  * So every (query, row) pair is offered once, rows before the query's block by the column
  * scans, the rest by its row scan. A pool is the best heap_cap of what it was offered,
- * whatever the order (ranks_before is a total order), so the pools, and everything after
- * them, are those of eval_all; duplicates are offered through their representative (offer).
+ * whatever the order (ranks_before is a total order), so it is eval_all's up to the rounding
+ * of each dot product (from another tile here), which the refinement makes irrelevant (an
+ * uncertain pool is ranked from its query's whole row); duplicates are offered through their
+ * representative (offer).
  * Memory: n pools of 2 heap_cap hits (about 2 KiB a query for limit 20), so it is used only
  * while that stays under SYM_BUDGET bytes; the speculative guess of fill_pool is not used. */
 #define SYM_BUDGET (64 * 1024 * 1024)
@@ -1121,7 +1177,7 @@ static struct pool sym_pool(struct eval_ctx *c, int64_t i, struct hit *h, int ca
 
 /* A guess of every query's pool bar: the lowest worst score of the complete pools of up to
  * `block` queries spread evenly over the rows (every (n / s)-th, so an index sorted by label
- * is sampled across its labels; about one query in s then guesses too high and sym_redo redoes
+ * is sampled across its labels; about one query in s then guesses too high and sym_rows redoes
  * it). Costs s / n of the full matrix. 0 when there is no guess (a pool short of heap_cap, a
  * score not finite). qbuf (block, dim) scratch. */
 static int sym_guess(struct eval_ctx *c, int block, float *qbuf, double *guess)
@@ -1155,31 +1211,46 @@ static int sym_guess(struct eval_ctx *c, int block, float *qbuf, double *guess)
     return isfinite(g);
 }
 
-/* Queries whose guess was too high (fewer than heap_cap candidates reached it, so the pool may
- * miss some of its best): their pools again from whole rows, block by block, as eval_all does.
- * failed (nf) their rows; qbuf (block, dim) scratch. */
-static void sym_redo(struct eval_ctx *c, struct pool *pools, const int64_t *failed, int64_t nf,
-                     int block, float *qbuf)
+/* What sym_rows does with a query's whole row. */
+enum row_job { ROW_REFILL, ROW_RANK };
+
+/* Queries whose pool must come from whole rows, block by block (rows (nf); qbuf (block, dim)
+ * scratch). ROW_REFILL: the guess was too high (fewer than heap_cap candidates reached it, so
+ * the pool may miss some of its best): the pool again, as eval_all fills it. ROW_RANK: the pool
+ * is uncertain (pool_uncertain): the exact top k from the whole row into it (ranked). */
+static void sym_rows(struct eval_ctx *c, struct pool *pools, const int64_t *rows, int64_t nf,
+                     int block, float *qbuf, enum row_job job)
 {
     int64_t n = c->d->n;
     size_t row_bytes = (size_t)c->dim * sizeof(float);
     for (int64_t f0 = 0; f0 < nf; f0 += block) {
         int nb = (int)(nf - f0 < block ? nf - f0 : block);
         for (int r = 0; r < nb; r++)
-            memcpy(qbuf + (size_t)r * c->dim, c->d->emb + (size_t)failed[f0 + r] * c->dim,
-                   row_bytes);
+            memcpy(qbuf + (size_t)r * c->dim, c->d->emb + (size_t)rows[f0 + r] * c->dim, row_bytes);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n, c->dim, 1.0f, qbuf, c->dim,
                     c->d->emb, c->dim, 0.0f, c->dots, (int)n);
         for (int r = 0; r < nb; r++) {
-            int64_t qi = failed[f0 + r];
+            int64_t qi = rows[f0 + r];
             struct pool *p = &pools[qi];
-            *p = sym_pool(c, qi, p->h, p->cap);
-            scan_row(c, qi, c->dots + (size_t)r * n, 0, p);
+            double bar;
+            if (job == ROW_REFILL) {
+                *p = sym_pool(c, qi, p->h, p->cap);
+                scan_row(c, qi, c->dots + (size_t)r * n, 0, p);
+            } else if (pool_uncertain(c, qi, p->h, p->n, &bar)) {
+                if (c->exclude)
+                    find_own_rows(c, qi);
+                int m = wide_row(c, qi, c->dots + (size_t)r * n, bar);
+                m = refine_pool(c, qi, c->wide, m);
+                p->n = m < c->k ? m : c->k;
+                memcpy(p->h, c->wide, (size_t)p->n * sizeof *p->h);
+                p->ranked = 1;
+            }
         }
     }
 }
 
-/* eval_all for queries = index in symmetric mode. -1 on ENOMEM (nothing counted). */
+/* eval_all for queries = index in symmetric mode. -1 on ENOMEM, before anything is counted
+ * (c as before: eval_all can run). */
 static int eval_symmetric(struct eval_ctx *c, int block, double *sum, struct ft_metrics_result *out)
 {
     int64_t n = c->d->n, nf = 0;
@@ -1220,17 +1291,30 @@ static int eval_symmetric(struct eval_ctx *c, int block, double *sum, struct ft_
     for (int64_t i = 0; i < n; i++)
         if (pools[i].spec && pools[i].nspec < c->heap_cap)
             failed[nf++] = i;
-    sym_redo(c, pools, failed, nf, block, qbuf);
+    sym_rows(c, pools, failed, nf, block, qbuf, ROW_REFILL);
+    nf = 0;
     for (int64_t i = 0; i < n; i++) {
         struct pool *p = &pools[i];
+        double bar;
         if (p->n > c->heap_cap)
             cut_back(c, i, p);
+        if (pool_uncertain(c, i, p->h, p->n, &bar))
+            failed[nf++] = i;
+    }
+    sym_rows(c, pools, failed, nf, block, qbuf, ROW_RANK);
+    for (int64_t i = 0; i < n; i++) {
+        struct pool *p = &pools[i];
         if (c->exclude)
             find_own_rows(c, i);
-        finish_query(c, i, p->h, p->n, sum, out);
+        finish_query(c, i, p->h, p->n, p->ranked, sum, out);
     }
     rc = 0;
 done:
+    if (rc != 0) {
+        free(c->qtlo);
+        c->qtlo = NULL;
+        c->sym = 0;
+    }
     free(pools);
     free(hits);
     free(failed);
@@ -1299,14 +1383,8 @@ static enum ft_err retrieve(const struct ft_eval_set *query, const struct ft_eva
         return ft_error_set(err, FT_ENOMEM, NULL, "out of memory computing retrieval metrics");
     }
     double sum[FT_NUM_METRICS] = {0};
-    if (sym_wanted(&c)) {
-        if (eval_symmetric(&c, (int)block, sum, out) != 0) {
-            ctx_free(&c);
-            return ft_error_set(err, FT_ENOMEM, NULL, "out of memory computing retrieval metrics");
-        }
-    } else {
-        eval_all(&c, (int)block, sum, out);
-    }
+    if (!sym_wanted(&c) || eval_symmetric(&c, (int)block, sum, out) != 0)
+        eval_all(&c, (int)block, sum, out); /* also when the pools did not fit in memory */
     for (int m = 0; m < FT_NUM_METRICS; m++)
         out->value[m] = out->evaluated > 0 ? sum[m] / (double)out->evaluated : 0.0;
     ctx_free(&c);

@@ -444,3 +444,94 @@ Test(metrics, symmetric_path_breaks_duplicate_ties_by_id)
         }
     }
 }
+
+/* The exact score of the spec, as metrics.c's refinement computes it: sequential double sums
+ * over the float components (each product exact in double). */
+static double ref_score(const float *q, const float *d, int dim, int score)
+{
+    double acc = 0.0, qq = 0.0, dd = 0.0;
+    for (int i = 0; i < dim; i++) {
+        if (score == FT_SCORE_EUCLIDEAN || score == FT_SCORE_SQEUCLIDEAN) {
+            double t = (double)q[i] - (double)d[i];
+            acc += t * t;
+        } else {
+            acc += (double)q[i] * (double)d[i];
+        }
+        qq += (double)q[i] * q[i];
+        dd += (double)d[i] * d[i];
+    }
+    if (score == FT_SCORE_EUCLIDEAN || score == FT_SCORE_SQEUCLIDEAN)
+        return -acc;
+    if (score == FT_SCORE_COSINE) {
+        double den = sqrt(qq) * sqrt(dd);
+        return den > 0 ? acc / den : 0.0;
+    }
+    return acc;
+}
+
+/* Near-ties: 300 rows from 6 vectors, each row a copy with some zero components turned into
+ * -0 (not bitwise equal, so not duplicates; every exact score ties) or one component moved by
+ * an ulp. BLAS rounds one pair's dot product differently at different matrix positions, so
+ * which tied candidates a pool keeps is noise; both paths must still return the exact ranking
+ * (score, then id, then row), the one a brute force in double gives. */
+Test(metrics, near_ties_give_the_exact_ranking, .timeout = 120)
+{
+    enum { N = 300, DIM = 16, K = 5 };
+    static float e[N * DIM], copy[N * DIM], base[6 * DIM];
+    static int64_t ids[N], ta[N * K], tb[N * K];
+    static int32_t labels[N];
+    static double sa[N * K], sb[N * K];
+    unsigned s = 31337;
+    for (int i = 0; i < 6 * DIM; i++) {
+        s = s * 1103515245u + 12345u;
+        base[i] = i % 3 == 0 ? 0.0f : (float)((s >> 8) & 0xffff) / 65536.0f - 0.5f;
+    }
+    for (int j = 0; j < N; j++) {
+        ids[j] = (j * 7 + 11) % N;
+        labels[j] = j % 4;
+        for (int c = 0; c < DIM; c++) {
+            s = s * 1103515245u + 12345u;
+            float v = base[(j % 6) * DIM + c];
+            if (v == 0.0f && (s >> 16) % 2)
+                v = -0.0f;
+            else if (j % 5 == 1 && c == 1)
+                v = nextafterf(v, 1.0f);
+            e[j * DIM + c] = v;
+        }
+    }
+    memcpy(copy, e, sizeof e);
+    struct ft_eval_set qs = {e, ids, labels, N}, ds = {copy, ids, labels, N};
+    for (int score = FT_SCORE_COSINE; score <= FT_SCORE_INNER_PRODUCT; score++) {
+        cr_assert_eq(ft_retrieval_topk(&qs, &qs, DIM, K, score, 1, ta, sa, NULL), FT_OK);
+        cr_assert_eq(ft_retrieval_topk(&qs, &ds, DIM, K, score, 1, tb, sb, NULL), FT_OK);
+        for (int q = 0; q < N; q++) {
+            int64_t want[K];
+            double best[K];
+            for (int r = 0; r < K; r++) { /* insertion into the K best, spec order */
+                want[r] = -1;
+                best[r] = -INFINITY;
+            }
+            for (int j = 0; j < N; j++) {
+                if (ids[j] == ids[q])
+                    continue;
+                double v = ref_score(e + q * DIM, e + j * DIM, DIM, score);
+                int r = K;
+                while (r > 0 && (want[r - 1] < 0 || v > best[r - 1] ||
+                                 (v == best[r - 1] && ids[j] < want[r - 1])))
+                    r--;
+                if (r == K)
+                    continue;
+                memmove(want + r + 1, want + r, (size_t)(K - 1 - r) * sizeof *want);
+                memmove(best + r + 1, best + r, (size_t)(K - 1 - r) * sizeof *best);
+                want[r] = ids[j];
+                best[r] = v;
+            }
+            for (int r = 0; r < K; r++) {
+                cr_assert_eq(ta[q * K + r], want[r], "score %d query %d rank %d: %lld, want %lld",
+                             score, q, r, (long long)ta[q * K + r], (long long)want[r]);
+                cr_assert_eq(tb[q * K + r], want[r], "one matrix: score %d query %d rank %d", score,
+                             q, r);
+            }
+        }
+    }
+}
