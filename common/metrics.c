@@ -1114,7 +1114,8 @@ static void eval_all(struct eval_ctx *c, int block, double *sum, struct ft_metri
  * uncertain pool is ranked from its query's whole row); duplicates are offered through their
  * representative (offer).
  * Memory: n pools of 2 heap_cap hits (about 2 KiB a query for limit 20), so it is used only
- * while that stays under SYM_BUDGET bytes; the speculative guess of fill_pool is not used. */
+ * while that stays under SYM_BUDGET bytes. Instead of fill_pool's guess from the previous
+ * query, one guessed bar screens every pool from the start (sym_guess). */
 #define SYM_BUDGET (64 * 1024 * 1024)
 
 static int sym_cap(const struct eval_ctx *c)
