@@ -592,38 +592,6 @@ __attribute__((target("avx2"))) static void bn_row_avx2(float *o, const float *x
     }
 }
 
-/* ft_batchnorm_forward with the AVX2 statistics and rows. */
-__attribute__((target("avx2"))) static void
-batchnorm_forward_avx2(float *out, float *mean, float *rstd, float *running_mean,
-                       float *running_var, const float *inp, const float *w, const float *b, int N,
-                       int C, int S, int training)
-{
-    double M = (double)N * S;
-    for (int c = 0; c < C; c++) {
-        double mu, var;
-        if (training) {
-            channel_stats_avx2(inp, N, C, S, c, &mu, &var);
-            if (running_mean) {
-                double unbiased = M > 1 ? var * M / (M - 1) : var;
-                running_mean[c] =
-                    (float)((1.0 - FT_BN_MOMENTUM) * running_mean[c] + FT_BN_MOMENTUM * mu);
-                running_var[c] =
-                    (float)((1.0 - FT_BN_MOMENTUM) * running_var[c] + FT_BN_MOMENTUM * unbiased);
-            }
-        } else {
-            mu = running_mean[c];
-            var = running_var[c];
-        }
-        float m = (float)mu, r = (float)(1.0 / sqrt(var + FT_NORM_EPS));
-        float scale = w[c] * r;
-        mean[c] = m;
-        rstd[c] = r;
-        for (int n = 0; n < N; n++)
-            bn_row_avx2(out + ((size_t)n * C + c) * S, inp + ((size_t)n * C + c) * S, S, m, scale,
-                        b[c]);
-    }
-}
-
 /* One batch norm input gradient row: xhat = (x - m) r, d (n) = k (fm g - fsd - xhat fsdx)
  * with f = {m, r, k, fm, fsd, fsdx}, the scalar loop's operations (d may be g); the last < 8
  * masked. */
@@ -685,6 +653,34 @@ static void channel_stats(const float *x, int N, int C, int S, int c, double *me
     *var = ss / ((double)N * S);
 }
 
+/* Channel c's biased mean and variance (channel_stats), through AVX2 when simd. */
+static void bn_stats(const float *x, int N, int C, int S, int c, double *mean, double *var,
+                     int simd)
+{
+#ifdef NN_X86
+    if (simd) {
+        channel_stats_avx2(x, N, C, S, c, mean, var);
+        return;
+    }
+#endif
+    (void)simd;
+    channel_stats(x, N, C, S, c, mean, var);
+}
+
+/* o (n) = (x - m) scale + bias, through AVX2 when simd. */
+static void bn_row(float *o, const float *x, int n, float m, float scale, float bias, int simd)
+{
+#ifdef NN_X86
+    if (simd) {
+        bn_row_avx2(o, x, n, m, scale, bias);
+        return;
+    }
+#endif
+    (void)simd;
+    for (int i = 0; i < n; i++)
+        o[i] = (x[i] - m) * scale + bias;
+}
+
 void ft_batchnorm_forward(float *out, float *mean, float *rstd, float *running_mean,
                           float *running_var, const float *inp, const float *w, const float *b,
                           int N, int C, int S, int training)
@@ -692,17 +688,15 @@ void ft_batchnorm_forward(float *out, float *mean, float *rstd, float *running_m
     /* out (N, C, S), mean (C), rstd (C), running_mean (C), running_var (C), inp (N, C, S),
      * w (C), b (C) */
 #ifdef NN_X86
-    if (have_avx2()) {
-        batchnorm_forward_avx2(out, mean, rstd, running_mean, running_var, inp, w, b, N, C, S,
-                               training);
-        return;
-    }
+    int simd = have_avx2();
+#else
+    int simd = 0;
 #endif
     double M = (double)N * S;
     for (int c = 0; c < C; c++) {
         double mu, var;
         if (training) {
-            channel_stats(inp, N, C, S, c, &mu, &var);
+            bn_stats(inp, N, C, S, c, &mu, &var, simd);
             if (running_mean) {
                 double unbiased = M > 1 ? var * M / (M - 1) : var;
                 running_mean[c] =
@@ -718,11 +712,9 @@ void ft_batchnorm_forward(float *out, float *mean, float *rstd, float *running_m
         float scale = w[c] * r;
         mean[c] = m;
         rstd[c] = r;
-        for (int n = 0; n < N; n++) {
-            size_t o = ((size_t)n * C + c) * S;
-            for (int i = 0; i < S; i++)
-                out[o + i] = (inp[o + i] - m) * scale + b[c];
-        }
+        for (int n = 0; n < N; n++)
+            bn_row(out + ((size_t)n * C + c) * S, inp + ((size_t)n * C + c) * S, S, m, scale, b[c],
+                   simd);
     }
 }
 
