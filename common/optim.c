@@ -83,13 +83,16 @@ enum ft_err ft_optim_new(const struct ft_optim_opts *opts, size_t n, ft_optim **
     return FT_OK;
 }
 
-static void sgd_step(ft_optim *o, float *p, const float *g, double lr)
+/* Returns 1 when every g was finite (see ft_optim_step). */
+static int sgd_step(ft_optim *o, float *p, const float *g, double lr)
 {
     const float wd = (float)o->opts.weight_decay;
     const float mom = (float)o->opts.momentum;
     const float neg_lr = (float)-lr;
     const int first = o->t == 1;
+    float fin = 0.0f;
     for (size_t i = 0; i < o->n; i++) {
+        fin += g[i] - g[i];
         float d = wd != 0.0f ? g[i] + wd * p[i] : g[i];
         if (o->m) {
             o->m[i] = first ? d : o->m[i] * mom + d;
@@ -97,6 +100,7 @@ static void sgd_step(ft_optim *o, float *p, const float *g, double lr)
         }
         p[i] += neg_lr * d;
     }
+    return !isnan(fin);
 }
 
 /* Adam's constants for one step (torch 1.13 _single_tensor_adam / _single_tensor_adamw). */
@@ -109,12 +113,14 @@ struct adam_coef {
     float eps;
 };
 
-/* Elements [i, n) one at a time. */
-static void adam_scalar(float *restrict p, const float *restrict g, float *restrict m,
-                        float *restrict v, size_t i, size_t n, const struct adam_coef *c,
-                        int decoupled)
+/* Elements [i, n) one at a time; returns 1 when all their g were finite. */
+static int adam_scalar(float *restrict p, const float *restrict g, float *restrict m,
+                       float *restrict v, size_t i, size_t n, const struct adam_coef *c,
+                       int decoupled)
 {
+    float fin = 0.0f;
     for (; i < n; i++) {
+        fin += g[i] - g[i];
         if (decoupled)
             p[i] *= c->decay;
         float gi = c->wd != 0.0f ? g[i] + c->wd * p[i] : g[i];
@@ -123,6 +129,7 @@ static void adam_scalar(float *restrict p, const float *restrict g, float *restr
         float denom = sqrtf(v[i]) / c->bc2_sqrt + c->eps;
         p[i] += c->neg_step * (m[i] / denom);
     }
+    return !isnan(fin);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -132,16 +139,18 @@ static void adam_scalar(float *restrict p, const float *restrict g, float *restr
  * the same order, so the results are bitwise the same; returns how many were done. */
 __attribute__((target("avx"))) static size_t adam_avx(float *p, const float *g, float *m, float *v,
                                                       size_t n, const struct adam_coef *c,
-                                                      int decoupled)
+                                                      int decoupled, int *finite)
 {
     const __m256 wd = _mm256_set1_ps(c->wd), decay = _mm256_set1_ps(c->decay);
     const __m256 b1 = _mm256_set1_ps(c->b1), omb1 = _mm256_set1_ps(c->one_minus_b1);
     const __m256 b2 = _mm256_set1_ps(c->b2), omb2 = _mm256_set1_ps(c->one_minus_b2);
     const __m256 step = _mm256_set1_ps(c->neg_step), bc2 = _mm256_set1_ps(c->bc2_sqrt);
     const __m256 eps = _mm256_set1_ps(c->eps);
+    __m256 fin = _mm256_setzero_ps(); /* sums g - g: 0, or NaN after an infinity or NaN */
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 pi = _mm256_loadu_ps(p + i), gi = _mm256_loadu_ps(g + i);
+        fin = _mm256_add_ps(fin, _mm256_sub_ps(gi, gi));
         if (decoupled)
             pi = _mm256_mul_ps(pi, decay);
         if (c->wd != 0.0f)
@@ -156,6 +165,7 @@ __attribute__((target("avx"))) static size_t adam_avx(float *p, const float *g, 
         _mm256_storeu_ps(v + i, vi);
         _mm256_storeu_ps(p + i, pi);
     }
+    *finite = _mm256_movemask_ps(_mm256_cmp_ps(fin, fin, _CMP_UNORD_Q)) == 0;
     return i;
 }
 
@@ -167,16 +177,18 @@ __attribute__((target("avx"))) static size_t adam_avx(float *p, const float *g, 
 __attribute__((target("avx512f"))) static size_t adam_avx512(float *p, const float *g, float *m,
                                                              float *v, size_t n,
                                                              const struct adam_coef *c,
-                                                             int decoupled)
+                                                             int decoupled, int *finite)
 {
     const __m512 wd = _mm512_set1_ps(c->wd), decay = _mm512_set1_ps(c->decay);
     const __m512 b1 = _mm512_set1_ps(c->b1), omb1 = _mm512_set1_ps(c->one_minus_b1);
     const __m512 b2 = _mm512_set1_ps(c->b2), omb2 = _mm512_set1_ps(c->one_minus_b2);
     const __m512 step = _mm512_set1_ps(c->neg_step), bc2 = _mm512_set1_ps(c->bc2_sqrt);
     const __m512 eps = _mm512_set1_ps(c->eps);
+    __m512 fin = _mm512_setzero_ps(); /* sums g - g: 0, or NaN after an infinity or NaN */
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 pi = _mm512_loadu_ps(p + i), gi = _mm512_loadu_ps(g + i);
+        fin = _mm512_add_ps(fin, _mm512_sub_ps(gi, gi));
         if (decoupled)
             pi = _mm512_mul_ps(pi, decay);
         if (c->wd != 0.0f)
@@ -191,31 +203,34 @@ __attribute__((target("avx512f"))) static size_t adam_avx512(float *p, const flo
         _mm512_storeu_ps(v + i, vi);
         _mm512_storeu_ps(p + i, pi);
     }
+    *finite = _mm512_cmp_ps_mask(fin, fin, _CMP_UNORD_Q) == 0;
     return i;
 }
 #endif
 
 static size_t adam_simd(float *p, const float *g, float *m, float *v, size_t n,
-                        const struct adam_coef *c, int decoupled)
+                        const struct adam_coef *c, int decoupled, int *finite)
 {
 #ifdef HAVE_ADAM_AVX512
     if (__builtin_cpu_supports("avx512f"))
-        return adam_avx512(p, g, m, v, n, c, decoupled);
+        return adam_avx512(p, g, m, v, n, c, decoupled, finite);
 #endif
-    return __builtin_cpu_supports("avx") ? adam_avx(p, g, m, v, n, c, decoupled) : 0;
+    *finite = 1;
+    return __builtin_cpu_supports("avx") ? adam_avx(p, g, m, v, n, c, decoupled, finite) : 0;
 }
 #else
 static size_t adam_simd(float *p, const float *g, float *m, float *v, size_t n,
-                        const struct adam_coef *c, int decoupled)
+                        const struct adam_coef *c, int decoupled, int *finite)
 {
     (void)p, (void)g, (void)m, (void)v, (void)n, (void)c, (void)decoupled;
+    *finite = 1;
     return 0;
 }
 #endif
 
 /* Adam, or AdamW when decoupled: the decay multiplies p before the moments and the gradient is
  * left alone (torch 1.13 _single_tensor_adam / _single_tensor_adamw). */
-static void adam_step(ft_optim *o, float *p, const float *g, double lr, int decoupled)
+static int adam_step(ft_optim *o, float *p, const float *g, double lr, int decoupled)
 {
     const struct ft_optim_opts *op = &o->opts;
     const double bc1 = 1.0 - pow(op->beta1, (double)o->t);
@@ -231,17 +246,17 @@ static void adam_step(ft_optim *o, float *p, const float *g, double lr, int deco
         .bc2_sqrt = (float)sqrt(bc2),
         .eps = (float)op->eps,
     };
-    size_t done = adam_simd(p, g, o->m, o->v, o->n, &c, decoupled);
-    adam_scalar(p, g, o->m, o->v, done, o->n, &c, decoupled);
+    int finite;
+    size_t done = adam_simd(p, g, o->m, o->v, o->n, &c, decoupled, &finite);
+    return adam_scalar(p, g, o->m, o->v, done, o->n, &c, decoupled) && finite;
 }
 
-void ft_optim_step(ft_optim *o, float *params, const float *grads, double lr)
+int ft_optim_step(ft_optim *o, float *params, const float *grads, double lr)
 {
     o->t++;
     if (o->opts.kind != FT_OPTIM_SGD)
-        adam_step(o, params, grads, lr, o->opts.kind == FT_OPTIM_ADAMW);
-    else
-        sgd_step(o, params, grads, lr);
+        return adam_step(o, params, grads, lr, o->opts.kind == FT_OPTIM_ADAMW);
+    return sgd_step(o, params, grads, lr);
 }
 
 int64_t ft_optim_steps(const ft_optim *o)

@@ -53,8 +53,11 @@ enum ft_err ft_optim_opts_from_json(const char *name, json_t *options, struct ft
  * option, nesterov without momentum), FT_ENOMEM. Free with ft_optim_free(). */
 enum ft_err ft_optim_new(const struct ft_optim_opts *opts, size_t n, ft_optim **out,
                          struct ft_error *err);
-/* One step at learning rate lr: params (n) updated in place from grads (n). */
-void ft_optim_step(ft_optim *o, float *params, const float *grads, double lr);
+/* One step at learning rate lr: params (n) updated in place from grads (n). Returns 1, or 0
+ * when a gradient was NaN or infinite: the check rides along the update (Adam's loop waits on
+ * its divisions, so it costs nothing, where a separate pass read every gradient again), so the
+ * params and moments then hold non-finite values and the run must stop. */
+int ft_optim_step(ft_optim *o, float *params, const float *grads, double lr);
 /* Steps taken so far. */
 int64_t ft_optim_steps(const ft_optim *o);
 /* Set the step count t (>= 0), e.g. to the checkpoint's value after restoring the moment buffers

@@ -383,19 +383,16 @@ static enum ft_err train_step(struct trainer *t, int B, float *loss, struct ft_e
         return FT_ENUMERIC;
     ft_model_zero_grad(t->model);
     ft_model_backward(t->model, t->demb, B);
-    if (!all_finite(ft_model_grads(t->model) + t->head_offset,
-                    ft_model_num_params(t->model) - t->head_offset)) {
-        t->bad_gradient = 1;
-        return FT_ENUMERIC;
-    }
     /* optimizer step s + 1 uses lr(s) (Hugging Face schedulers): s counts batches or epochs */
     int64_t s = t->sched.step_per_batch ? ft_optim_steps(t->optim) : t->epoch - 1;
     t->last_lr = ft_schedule_lr(&t->sched, t->cfg->learning_rate, s);
-    ft_optim_step(t->optim, ft_model_params(t->model) + t->head_offset,
-                  ft_model_grads(t->model) + t->head_offset, t->last_lr);
-    if (t->loss_optim)
-        ft_optim_step(t->loss_optim, ft_loss_params(t->loss), ft_loss_grads(t->loss), t->last_lr);
-    return FT_OK;
+    int finite = ft_optim_step(t->optim, ft_model_params(t->model) + t->head_offset,
+                               ft_model_grads(t->model) + t->head_offset, t->last_lr);
+    if (finite && t->loss_optim)
+        finite = ft_optim_step(t->loss_optim, ft_loss_params(t->loss), ft_loss_grads(t->loss),
+                               t->last_lr);
+    t->bad_gradient = !finite; /* the run fails: this step's params are never used */
+    return finite ? FT_OK : FT_ENUMERIC;
 }
 
 /* Mean triplet loss over class-balanced batches of the eval set, the same batches every

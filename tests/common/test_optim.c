@@ -6,6 +6,7 @@
 #include "support/fixture.h"
 
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,6 +144,38 @@ Test(optim, resumed_adamw_continues_bias_correction)
 Test(optim, resumed_sgd_continues_momentum)
 {
     run_resumed("torch/optim_sgd_nesterov.json", "momentum_buffer", NULL);
+}
+
+/* A NaN or an infinity anywhere in the gradient (the SIMD body or the scalar tail) makes the
+ * step return 0, for every optimizer; finite gradients return 1. */
+Test(optim, non_finite_gradient_is_reported)
+{
+    enum { LEN = 37 }; /* two 16-wide blocks, a tail of 5 */
+    const enum ft_optim_kind kinds[] = {FT_OPTIM_SGD, FT_OPTIM_ADAM, FT_OPTIM_ADAMW};
+    const float bad[] = {NAN, -NAN, INFINITY, -INFINITY};
+    const int at[] = {0, 7, 15, 16, 31, 32, 36};
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        struct ft_optim_opts o;
+        ft_optim_opts_default(&o, kinds[k]);
+        o.momentum = kinds[k] == FT_OPTIM_SGD ? 0.9 : 0.0;
+        float p[LEN], g[LEN];
+        for (int i = 0; i < LEN; i++) {
+            p[i] = 0.5f - (float)i / LEN;
+            g[i] = i % 3 ? 3e38f : -1e-30f; /* finite extremes: g * g overflows, g - g does not */
+        }
+        ft_optim *opt = NULL;
+        cr_assert_eq(ft_optim_new(&o, LEN, &opt, NULL), FT_OK);
+        cr_assert_eq(ft_optim_step(opt, p, g, 1e-3), 1, "optimizer %zu: finite gradient", k);
+        for (size_t b = 0; b < sizeof bad / sizeof *bad; b++)
+            for (size_t j = 0; j < sizeof at / sizeof *at; j++) {
+                float keep = g[at[j]];
+                g[at[j]] = bad[b];
+                cr_assert_eq(ft_optim_step(opt, p, g, 1e-3), 0, "optimizer %zu, %f at %d", k,
+                             (double)bad[b], at[j]);
+                g[at[j]] = keep;
+            }
+        ft_optim_free(opt);
+    }
 }
 
 Test(optim, adamw_default_weight_decay_is_torchs)
