@@ -1674,6 +1674,40 @@ Test(arcface, shapes_labels_and_init)
     ft_loss_free(c);
 }
 
+/* The euclidean distance matrix is bitwise sqrtf of the sequential fmaf sum of squared
+ * differences (loss.c "euclidean distances") on whichever SIMD path this CPU takes: shapes
+ * whose B is not a multiple of the 4-row blocks or of the 8/16-column vectors, D not a multiple
+ * of anything, and near rows (a collapsed batch) whose terms are tiny. */
+Test(loss_generic, euclidean_distances_are_the_fma_sum_bitwise)
+{
+    static const int shapes[][2] = {{3, 1}, {5, 7}, {17, 13}, {37, 33}, {64, 128}, {128, 128}};
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++)
+        for (int collapsed = 0; collapsed < 2; collapsed++) {
+            int B = shapes[t][0], D = shapes[t][1];
+            struct batch b = random_batch(300 + t, B, D, 4, collapsed ? 1e-4 : 0.9);
+            ft_loss *l =
+                make_loss("TripletMarginLoss", "{\"normalize_embeddings\": false}", NULL, NULL, D, 0);
+            float loss;
+            cr_assert_eq(ft_loss_compute(l, b.emb, b.labels, B, D, &loss, NULL, NULL), FT_OK);
+            size_t n;
+            const float *dist = ft_loss_intermediate(l, "dist_matrix", &n);
+            cr_assert_eq(n, (size_t)B * B);
+            for (int i = 0; i < B; i++)
+                for (int j = 0; j < B; j++) {
+                    float s = 0.0f;
+                    for (int k = 0; k < D; k++) {
+                        float d = b.emb[i * D + k] - b.emb[j * D + k];
+                        s = fmaf(d, d, s);
+                    }
+                    float want = i == j ? 0.0f : sqrtf(s); /* (x_j - x_i)^2: the same terms */
+                    cr_assert_eq(dist[i * B + j], want, "B %d D %d (%d, %d): %a, want %a", B, D,
+                                 i, j, (double)dist[i * B + j], (double)want);
+                }
+            ft_loss_free(l);
+            free_batch(&b);
+        }
+}
+
 /* Scratch grows and shrinks with the batch: a big batch, then a small one, then big again. */
 Test(loss_generic, reuse_across_batch_sizes)
 {
