@@ -555,7 +555,22 @@ struct tally {
     double loss;
     int64_t kept;
     int64_t nonzero;
+    /* when hit: the dd entries (i B + j) the triplets wrote, up to cap_hit of them (more: nhit
+     * = -1, unknown) so that a sparse backward need not search the B x B matrix for them */
+    int64_t *hit;
+    int nhit, cap_hit;
 };
+
+/* Record that dd entry e was written. */
+static void tally_hit(struct tally *t, int64_t e)
+{
+    if (!t->hit || t->nhit < 0)
+        return;
+    if (t->nhit == t->cap_hit)
+        t->nhit = -1;
+    else
+        t->hit[t->nhit++] = e;
+}
 
 /* Per-anchor scratch for the sorted negatives (B entries each). */
 struct anchor_scratch {
@@ -787,6 +802,24 @@ static unsigned nonzero_at(const float *row, int j, int B)
     return m;
 }
 
+/* Sort the n entries of hit ascending, duplicates removed; returns how many are left. Insertion
+ * sort: the anchors come in order, so the entries nearly are. */
+static int sort_hits(int64_t *hit, int n)
+{
+    for (int i = 1; i < n; i++) {
+        int64_t v = hit[i];
+        int j = i;
+        for (; j > 0 && hit[j - 1] > v; j--)
+            hit[j] = hit[j - 1];
+        hit[j] = v;
+    }
+    int u = 0;
+    for (int i = 0; i < n; i++)
+        if (u == 0 || hit[u - 1] != hit[i])
+            hit[u++] = hit[i];
+    return u;
+}
+
 /* Nonzero off-diagonal entries of dd (B, B). */
 static size_t dd_nonzero(const struct work *w)
 {
@@ -819,14 +852,40 @@ static void direct_pairs(struct work *w, float *gx)
     }
 }
 
+/* Nonzero off-diagonal entries of dd among hit (n, sorted): dd_nonzero when every other entry
+ * is 0. */
+static size_t hits_nonzero(const struct work *w, const int64_t *hit, int n)
+{
+    size_t count = 0;
+    for (int h = 0; h < n; h++)
+        count += hit[h] / w->B != hit[h] % w->B && w->dd[hit[h]] != 0.0f;
+    return count;
+}
+
+/* direct_pairs when dd's nonzero entries are all among hit (n, sorted): the same pairs in the
+ * same order, found without reading the B x B matrix. */
+static void hit_pairs(struct work *w, float *gx, const int64_t *hit, int n)
+{
+    int B = w->B;
+    for (int h = 0; h < n; h++) {
+        int i = (int)(hit[h] / B), j = (int)(hit[h] % B);
+        if (w->dd[hit[h]] == 0.0f || j == i || (j < i && w->dd[(size_t)j * B + i] != 0.0f))
+            continue;
+        direct_pair(w, gx, i < j ? i : j, i < j ? j : i);
+    }
+}
+
 /* demb (B, D) from the scaled dd: through the distance, then the normalisation. A sparse dd
  * (at most 4 B entries, e.g. BatchHardMiner's two per anchor) is applied pair by pair, O(B D),
- * instead of the B x B x D sgemm. */
-static void backward(float *demb, struct work *w)
+ * instead of the B x B x D sgemm. hit (n, sorted), when non-NULL: every entry of dd that may be
+ * nonzero. */
+static void backward(float *demb, struct work *w, const int64_t *hit, int n)
 {
     int B = w->B, D = w->D;
     memset(demb, 0, (size_t)B * D * sizeof *demb);
-    if (dd_nonzero(w) <= 4 * (size_t)B)
+    if (hit && hits_nonzero(w, hit, n) <= 4 * (size_t)B)
+        hit_pairs(w, demb, hit, n);
+    else if (!hit && dd_nonzero(w) <= 4 * (size_t)B)
         direct_pairs(w, demb);
     else if (w->euclidean)
         euclid_backward(demb, w);
@@ -876,7 +935,7 @@ static enum ft_err loss_core(float *loss, float *demb, struct tally *t, const fl
         *loss = (float)(t->loss / (double)t->nonzero);
         if (demb) {
             scale(w.dd, (size_t)B * B, (float)(1.0 / (double)t->nonzero));
-            backward(demb, &w);
+            backward(demb, &w, NULL, 0);
         }
     }
     work_free(&w);
@@ -1558,6 +1617,8 @@ static void triplet_term(struct tally *t, float *dd, const struct work *w, int a
         return;
     dd[a * B + p] += g;
     dd[from * B + n] -= g;
+    tally_hit(t, (int64_t)(a * B + p));
+    tally_hit(t, (int64_t)(from * B + n));
 }
 
 /* The first j (!= a when pos) whose label equality with a's is pos and whose distance is v. */
@@ -1705,7 +1766,7 @@ static void triplet_enumerate(struct tally *t, float *dd, const struct work *w,
     int B = w->B;
     struct miner_bounds mb = miner_bounds(o);
     float margin = (float)o->margin;
-    memset(t, 0, sizeof *t);
+    *t = (struct tally){.hit = t->hit, .cap_hit = t->cap_hit}; /* the caller's hit list stays */
     for (int a = 0; a < B; a++) {
         const float *drow = w->dist + (size_t)a * B;
         int p, n;
@@ -1747,7 +1808,7 @@ static enum ft_err triplet_compute(ft_loss *l, const float *emb, const int32_t *
     struct ft_triplet_opts o = triplet_opts_of(&l->cfg);
     struct triplet_mode m = {l->cfg.swap, l->cfg.smooth, l->cfg.miner == MINER_BATCH_HARD};
     struct work *w = &l->work;
-    struct tally t;
+    struct tally t = {0};
     int finite;
     enum ft_err e = dist_prepare(l, emb, B, D, demb != NULL, &finite);
     if (e != FT_OK || !finite) {
@@ -1755,6 +1816,10 @@ static enum ft_err triplet_compute(ft_loss *l, const float *emb, const int32_t *
         return e;
     }
     float *dd = demb ? w->dd : NULL;
+    if (dd) { /* BatchHardMiner writes 2 entries an anchor; other triplets may overflow it */
+        t.hit = slot(l, 10, 4 * (size_t)B * sizeof *t.hit);
+        t.cap_hit = t.hit ? 4 * B : 0;
+    }
     if (m.swap || m.smooth || m.batch_hard)
         triplet_enumerate(&t, dd, w, labels, &o, &m);
     else if (triplet_scratch(l, B, &sc) == 0)
@@ -1767,8 +1832,13 @@ static enum ft_err triplet_compute(ft_loss *l, const float *emb, const int32_t *
         return FT_OK;
     *loss = (float)(t.loss / (double)t.nonzero);
     if (demb) {
-        scale(w->dd, (size_t)B * B, (float)(1.0 / (double)t.nonzero));
-        backward(demb, w);
+        float c = (float)(1.0 / (double)t.nonzero);
+        int n = t.hit && t.nhit >= 0 ? sort_hits(t.hit, t.nhit) : -1;
+        for (int h = 0; h < n; h++) /* scale's product, on the only entries that can be nonzero */
+            w->dd[t.hit[h]] *= c;
+        if (n < 0)
+            scale(w->dd, (size_t)B * B, c);
+        backward(demb, w, n >= 0 ? t.hit : NULL, n);
     }
     return FT_OK;
 }
@@ -2039,7 +2109,7 @@ static enum ft_err pair_compute(ft_loss *l, const float *emb, const int32_t *lab
         return e;
     *loss = (float)value;
     if (demb)
-        backward(demb, &l->work);
+        backward(demb, &l->work, NULL, 0);
     return FT_OK;
 }
 
