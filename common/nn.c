@@ -7,12 +7,14 @@
  * layer norm statistics, pooling means, bias sums) accumulate in double. Element-wise loops
  * work in unrolled blocks of 8 that the compiler vectorises, and row reductions interleave four
  * rows; each value and each sum is computed exactly as the plain loop would.
- * On x86-64 the hot loops of the cnn (batch norm, 2x2 max pooling) also have AVX2 paths,
- * chosen at run time (the build targets baseline x86-64); the scalar code stays as the fallback
- * and the reference. The AVX2 paths repeat its operations lane by lane: no FMA, a double
- * accumulator a[k] of the scalar code is lane k of a vector; so every value is bitwise that of
- * the scalar path (tests/common/test_layers.c compares them through ft_nn_force_scalar), up to
- * which NaN comes out where two different NaNs meet.
+ * On x86-64 the hot loops of the cnn (batch norm, 2x2 max pooling) also have AVX2 paths, and
+ * those of every mlp step (relu, l2 normalisation with its per-row double sums, the linear bias
+ * gradient) AVX-512F paths (the row sums also an AVX one), chosen at run time (the build
+ * targets baseline x86-64); the scalar code stays as the fallback and the reference. The SIMD
+ * paths repeat its operations lane by lane: no FMA, a double accumulator a[k] of the scalar
+ * code (or row k's sum) is lane k of a vector; so every value is bitwise that of the scalar
+ * path (tests/common/test_layers.c compares them through ft_nn_force_scalar and
+ * ft_nn_force_no_avx512), up to which NaN comes out where two different NaNs meet.
  * Formulas and reference numbers: tests/fixtures/torch/README.md (PyTorch 1.13). */
 #include "nn.h"
 
@@ -29,22 +31,315 @@
 #define NN_X86 1
 #endif
 
+/* AVX-512F has FMA instructions: the AVX-512 paths keep a product and an add two roundings
+ * because ISO C mode (-std=c11) turns GCC's contraction off and clang does not contract across
+ * intrinsics; in other modes they are left out (as adam_avx512 in optim.c). */
+#if defined(NN_X86) && (defined(__STRICT_ANSI__) || defined(__clang__))
+#define NN_AVX512 1
+#endif
+
 #define L2_EPS 1e-12f
 
 /* ---- run-time dispatch ---- */
 
-/* Set by ft_nn_force_scalar (tests): every kernel takes its portable scalar path. */
-static int force_scalar;
+/* Set by ft_nn_force_scalar (tests): every kernel takes its portable scalar path; by
+ * ft_nn_force_no_avx512: no AVX-512 path (those of AVX and AVX2 are still chosen). */
+static int force_scalar, no_avx512;
 
 void ft_nn_force_scalar(int on)
 {
     force_scalar = on;
 }
 
+void ft_nn_force_no_avx512(int on)
+{
+    no_avx512 = on;
+}
+
 #ifdef NN_X86
 static int have_avx2(void)
 {
     return !force_scalar && __builtin_cpu_supports("avx2");
+}
+#endif
+
+#ifdef NN_AVX512
+static int have_avx512(void)
+{
+    return !force_scalar && !no_avx512 && __builtin_cpu_supports("avx512f");
+}
+#else
+static int have_avx512(void)
+{
+    return 0;
+}
+#endif
+
+/* ---- AVX-512F paths of the kernels of every mlp step ----
+ * Each repeats its scalar path's IEEE operations lane by lane (no FMA, the same order), so the
+ * bits are those of the scalar path; tails are masked loads and stores (nothing past the end is
+ * read or written). */
+
+#ifdef NN_AVX512
+/* All ones in the lanes below n (n >= 16: all sixteen). */
+static inline __mmask16 mask_below(size_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* acc[0 .. 16 U) += rows of x (row stride n), row by row; the last of the U <= 16 vectors is
+ * masked by last. U independent chains: one alone waits on every add's latency. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+add_cols_avx512(float *acc, const float *x, int rows, int n, int U, __mmask16 last)
+{
+    __m512 a[16];
+#pragma GCC unroll 16
+    for (int u = 0; u < U; u++)
+        a[u] = _mm512_maskz_loadu_ps(u == U - 1 ? last : 0xffff, acc + 16 * u);
+    for (int i = 0; i < rows; i++)
+#pragma GCC unroll 16
+        for (int u = 0; u < U; u++)
+            a[u] = _mm512_add_ps(a[u], _mm512_maskz_loadu_ps(u == U - 1 ? last : 0xffff,
+                                                             x + (size_t)i * n + 16 * u));
+#pragma GCC unroll 16
+    for (int u = 0; u < U; u++)
+        _mm512_mask_storeu_ps(acc + 16 * u, u == U - 1 ? last : 0xffff, a[u]);
+}
+
+/* add_rows: 256 columns at a time (16 chains; a block reads whole 1 KiB rows, which streams
+ * faster than narrower column blocks), then 128, 32, then 16 or fewer. */
+__attribute__((target("avx512f"))) static void add_rows_avx512(float *acc, const float *x, int rows,
+                                                               int n)
+{
+    int o = 0;
+    for (; o + 256 <= n; o += 256)
+        add_cols_avx512(acc + o, x + o, rows, n, 16, 0xffff);
+    for (; o + 128 <= n; o += 128)
+        add_cols_avx512(acc + o, x + o, rows, n, 8, 0xffff);
+    for (; o + 32 <= n; o += 32)
+        add_cols_avx512(acc + o, x + o, rows, n, 2, 0xffff);
+    for (; o < n; o += 16)
+        add_cols_avx512(acc + o, x + o, rows, n, 1, mask_below((size_t)(n - o)));
+}
+
+/* relu forward: kept where !(x <= 0), i.e. x > 0 or NaN; else +0 (-0 and +0 give +0). */
+__attribute__((target("avx512f"))) static inline __m512 relu16(__m512 x)
+{
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NLE_UQ), x);
+}
+
+__attribute__((target("avx512f"))) static void relu_forward_avx512(float *out, const float *inp,
+                                                                   size_t N)
+{
+    size_t i = 0;
+    for (; i + 32 <= N; i += 32) {
+        __m512 a = _mm512_loadu_ps(inp + i), b = _mm512_loadu_ps(inp + i + 16);
+        _mm512_storeu_ps(out + i, relu16(a));
+        _mm512_storeu_ps(out + i + 16, relu16(b));
+    }
+    for (; i < N; i += 16) {
+        __mmask16 m = mask_below(N - i);
+        _mm512_mask_storeu_ps(out + i, m, relu16(_mm512_maskz_loadu_ps(m, inp + i)));
+    }
+}
+
+/* relu backward: d where x > 0 (ordered), else +0. */
+__attribute__((target("avx512f"))) static inline __m512 relu_grad16(__m512 d, __m512 x)
+{
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), d);
+}
+
+__attribute__((target("avx512f"))) static void relu_backward_avx512(float *dinp, const float *dout,
+                                                                    const float *inp, size_t N)
+{
+    size_t i = 0;
+    for (; i + 16 <= N; i += 16)
+        _mm512_storeu_ps(dinp + i,
+                         relu_grad16(_mm512_loadu_ps(dout + i), _mm512_loadu_ps(inp + i)));
+    if (i < N) {
+        __mmask16 m = mask_below(N - i);
+        __m512 d = _mm512_maskz_loadu_ps(m, dout + i), x = _mm512_maskz_loadu_ps(m, inp + i);
+        _mm512_mask_storeu_ps(dinp + i, m, relu_grad16(d, x));
+    }
+}
+
+/* The eight columns in double of the 8 x 8 block of floats at p (row stride ld): c[j] lane r =
+ * p[r ld + j] (rows in the lanes). Rows q and q + 4 share a vector (a 128-bit load and an
+ * inserted one), then 16 in-lane shuffles and an exact widening. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+cols8_pd(const float *p, size_t ld, __m512d c[8])
+{
+    __m256 v[8]; /* v[q] = (row q | row q + 4) columns 0..3, v[q + 4] the same of columns 4..7 */
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        const float *lo = p + q * ld, *hi = p + (q + 4) * ld;
+        v[q] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi), 1);
+        v[q + 4] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo + 4)),
+                                        _mm_loadu_ps(hi + 4), 1);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 8; h += 4) {
+        __m256 t0 = _mm256_unpacklo_ps(v[h], v[h + 1]), t1 = _mm256_unpackhi_ps(v[h], v[h + 1]);
+        __m256 t2 = _mm256_unpacklo_ps(v[h + 2], v[h + 3]);
+        __m256 t3 = _mm256_unpackhi_ps(v[h + 2], v[h + 3]);
+        c[h] = _mm512_cvtps_pd(_mm256_shuffle_ps(t0, t2, 0x44));
+        c[h + 1] = _mm512_cvtps_pd(_mm256_shuffle_ps(t0, t2, 0xee));
+        c[h + 2] = _mm512_cvtps_pd(_mm256_shuffle_ps(t1, t3, 0x44));
+        c[h + 3] = _mm512_cvtps_pd(_mm256_shuffle_ps(t1, t3, 0xee));
+    }
+}
+
+/* The 8 x 8 block of doubles r (a row each) transposed in place, r[j] lane q = old r[q] lane j:
+ * unpacks (pairs of rows), then two rounds of 128-bit shuffles. */
+__attribute__((target("avx512f"), always_inline)) static inline void transpose8_pd(__m512d r[8])
+{
+    __m512d t[8], u[8];
+#pragma GCC unroll 4
+    for (int q = 0; q < 8; q += 2) { /* t[q]: columns 0 2 4 6 of rows q, q + 1; t[q + 1]: odd */
+        t[q] = _mm512_unpacklo_pd(r[q], r[q + 1]);
+        t[q + 1] = _mm512_unpackhi_pd(r[q], r[q + 1]);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) { /* u[h]: columns h and h + 4 of rows 0..3, u[h + 4] 4..7 */
+        u[h] = _mm512_shuffle_f64x2(t[h], t[h + 2], 0x88);
+        u[h + 2] = _mm512_shuffle_f64x2(t[h], t[h + 2], 0xdd); /* columns h + 2, h + 6 */
+        u[h + 4] = _mm512_shuffle_f64x2(t[h + 4], t[h + 6], 0x88);
+        u[h + 6] = _mm512_shuffle_f64x2(t[h + 4], t[h + 6], 0xdd);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_f64x2(u[j], u[j + 4], 0x88);
+        r[j + 4] = _mm512_shuffle_f64x2(u[j], u[j + 4], 0xdd);
+    }
+}
+
+/* The eight columns of the products x_rk y_rk in double (exact) of the 8 x 8 blocks at x and y
+ * (row stride ld), rows in the lanes: widened and multiplied row by row, then one transpose of
+ * the products (cheaper than transposing x and y). */
+__attribute__((target("avx512f"), always_inline)) static inline void
+prods8_pd(const float *x, const float *y, size_t ld, __m512d c[8])
+{
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++)
+        c[q] = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + q * ld)),
+                             _mm512_cvtps_pd(_mm256_loadu_ps(y + q * ld)));
+    transpose8_pd(c);
+}
+
+/* out[r] = sum over k of x_rk y_rk in double for the 8 G rows r of x and y (row stride D;
+ * G = 1 or 2), one sequential sum per row in a vector lane: a product, then an add, as the
+ * plain loop. The G vectors are independent chains. sq (x == y): the floats are transposed
+ * (half the data), then squared. Columns from D - D % 8 on, row by row. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+dots_avx512_body(const float *x, const float *y, int D, int G, int sq, double *out)
+{
+    __m512d s[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
+    int k = 0;
+    for (; k + 8 <= D; k += 8)
+#pragma GCC unroll 2
+        for (int g = 0; g < G; g++) {
+            const float *xb = x + (size_t)8 * g * D + k, *yb = y + (size_t)8 * g * D + k;
+            __m512d c[8];
+            if (sq)
+                cols8_pd(xb, (size_t)D, c);
+            else
+                prods8_pd(xb, yb, (size_t)D, c);
+#pragma GCC unroll 8
+            for (int q = 0; q < 8; q++)
+                s[g] = _mm512_add_pd(s[g], sq ? _mm512_mul_pd(c[q], c[q]) : c[q]);
+        }
+    for (int g = 0; g < G; g++)
+        _mm512_storeu_pd(out + 8 * g, s[g]);
+    for (int r = 0; r < 8 * G; r++)
+        for (int t = k; t < D; t++)
+            out[r] += (double)x[(size_t)r * D + t] * y[(size_t)r * D + t];
+}
+
+/* dots_avx512_body for rows = 8 or 16 rows; x == y: sums of squares. */
+__attribute__((target("avx512f"))) static void dots_avx512(const float *x, const float *y, int D,
+                                                           int rows, double *out)
+{
+    if (x == y && rows == 16)
+        dots_avx512_body(x, x, D, 2, 1, out);
+    else if (x == y)
+        dots_avx512_body(x, x, D, 1, 1, out);
+    else if (rows == 16)
+        dots_avx512_body(x, y, D, 2, 0, out);
+    else
+        dots_avx512_body(x, y, D, 1, 0, out);
+}
+
+/* o (D) = x (D) / n: a division, as the scalar path (o and x do not overlap or are the same). */
+__attribute__((target("avx512f"))) static void div_row_avx512(float *o, const float *x, float n,
+                                                              int D)
+{
+    __m512 nv = _mm512_set1_ps(n);
+    int k = 0;
+    for (; k + 16 <= D; k += 16)
+        _mm512_storeu_ps(o + k, _mm512_div_ps(_mm512_loadu_ps(x + k), nv));
+    if (k < D) {
+        __mmask16 m = mask_below((size_t)(D - k));
+        _mm512_mask_storeu_ps(o + k, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + k), nv));
+    }
+}
+
+/* (g - o fdot) * inv on 16 lanes: a product, a difference, a product. */
+__attribute__((target("avx512f"))) static inline __m512 l2_back16(__m512 g, __m512 o, __m512 fdot,
+                                                                  __m512 inv)
+{
+    return _mm512_mul_ps(_mm512_sub_ps(g, _mm512_mul_ps(o, fdot)), inv);
+}
+
+/* d (D) = (g - o fdot) * inv (d may be g). */
+__attribute__((target("avx512f"))) static void
+l2_back_row_avx512(float *d, const float *g, const float *o, float fdot, float inv, int D)
+{
+    __m512 f = _mm512_set1_ps(fdot), iv = _mm512_set1_ps(inv);
+    int k = 0;
+    for (; k + 16 <= D; k += 16)
+        _mm512_storeu_ps(d + k, l2_back16(_mm512_loadu_ps(g + k), _mm512_loadu_ps(o + k), f, iv));
+    if (k < D) {
+        __mmask16 m = mask_below((size_t)(D - k));
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + k), ov = _mm512_maskz_loadu_ps(m, o + k);
+        _mm512_mask_storeu_ps(d + k, m, l2_back16(gv, ov, f, iv));
+    }
+}
+#else
+static void add_rows_avx512(float *acc, const float *x, int rows, int n)
+{
+    (void)acc, (void)x, (void)rows, (void)n;
+    FT_ASSERT(0);
+}
+
+static void relu_forward_avx512(float *out, const float *inp, size_t N)
+{
+    (void)out, (void)inp, (void)N;
+    FT_ASSERT(0);
+}
+
+static void relu_backward_avx512(float *dinp, const float *dout, const float *inp, size_t N)
+{
+    (void)dinp, (void)dout, (void)inp, (void)N;
+    FT_ASSERT(0);
+}
+
+static void dots_avx512(const float *x, const float *y, int D, int rows, double *out)
+{
+    (void)x, (void)y, (void)D, (void)rows, (void)out;
+    FT_ASSERT(0);
+}
+
+static void div_row_avx512(float *o, const float *x, float n, int D)
+{
+    (void)o, (void)x, (void)n, (void)D;
+    FT_ASSERT(0);
+}
+
+static void l2_back_row_avx512(float *d, const float *g, const float *o, float fdot, float inv,
+                               int D)
+{
+    (void)d, (void)g, (void)o, (void)fdot, (void)inv, (void)D;
+    FT_ASSERT(0);
 }
 #endif
 
@@ -67,9 +362,14 @@ void ft_linear_forward(float *out, const float *inp, const float *w, const float
 }
 
 /* acc (n) += every row of x (rows, n), row by row (the plain loop's order for each column),
- * eight columns at a time through a local copy so the compiler vectorises. */
+ * eight columns at a time through a local copy so the compiler vectorises (one chain of
+ * dependent adds per vector); with AVX-512, up to 256 columns at a time (16 chains). */
 static void add_rows(float *acc, const float *x, int rows, int n)
 {
+    if (have_avx512()) {
+        add_rows_avx512(acc, x, rows, n);
+        return;
+    }
     int o = 0;
     for (; o + 8 <= n; o += 8) {
         float a[8];
@@ -115,9 +415,14 @@ static inline float keep_if(float v, int keep)
 }
 
 /* Blocks of 8 values are loaded into a local array first (out may alias inp) and unrolled, so
- * the compiler turns them into vector instructions; the results are those of the scalar rule. */
+ * the compiler turns them into vector instructions; the results are those of the scalar rule
+ * (as are those of the AVX-512 paths, 16 a vector). */
 void ft_relu_forward(float *out, const float *inp, size_t N)
 {
+    if (have_avx512()) {
+        relu_forward_avx512(out, inp, N);
+        return;
+    }
     size_t i = 0;
     for (; i + 8 <= N; i += 8) {
         uint32_t u[8];
@@ -135,6 +440,10 @@ void ft_relu_forward(float *out, const float *inp, size_t N)
 
 void ft_relu_backward(float *dinp, const float *dout, const float *inp, size_t N)
 {
+    if (have_avx512()) {
+        relu_backward_avx512(dinp, dout, inp, N);
+        return;
+    }
     size_t i = 0;
     for (; i + 8 <= N; i += 8) {
         float x[8];
@@ -163,6 +472,17 @@ static void sum_squares4(const float *x, int D, double ss[4])
         s3 += (double)d[k] * d[k];
     }
     ss[0] = s0, ss[1] = s1, ss[2] = s2, ss[3] = s3;
+}
+
+/* <o_i, g_i> in double for rows i .. i + 3 (one sequential sum each, interleaved). */
+static void dots4(const float *o, const float *g, int D, double dot[4])
+{
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int k = 0; k < D; k++)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            s[r] += (double)o[(size_t)r * D + k] * g[(size_t)r * D + k];
+    memcpy(dot, s, sizeof s);
 }
 
 #ifdef NN_X86
@@ -196,10 +516,12 @@ __attribute__((target("avx"))) static void dots16_avx(const float *x, const floa
         }
     int k = 0;
     for (; k + 4 <= D; k += 4)
+#pragma GCC unroll 4
         for (int g = 0; g < 4; g++) {
             __m256d a[4], b[4];
             cols_pd(xr[g], k, a);
             cols_pd(yr[g], k, b);
+#pragma GCC unroll 4
             for (int q = 0; q < 4; q++)
                 s[g] = _mm256_add_pd(s[g], _mm256_mul_pd(a[q], b[q]));
         }
@@ -227,20 +549,39 @@ static int have_avx(void)
 }
 #endif
 
+/* dot[r] = <x_r, y_r> (x == y: the sums of squares) for the first rows r of x and y (B left,
+ * row stride D), each the plain loop's sequential double sum; returns how many rows: the
+ * widest block the machine has, 16 or 8 (AVX-512F), 16 (AVX), 4 or 1. */
+static int dots_block(double *dot, const float *x, const float *y, int B, int D)
+{
+    if (B >= 8 && have_avx512()) {
+        int rows = B >= 16 ? 16 : 8;
+        dots_avx512(x, y, D, rows, dot);
+        return rows;
+    }
+    if (B >= 16 && have_avx()) {
+        dots16_avx(x, y, D, dot);
+        return 16;
+    }
+    if (B >= 4 && x == y)
+        sum_squares4(x, D, dot);
+    else if (B >= 4)
+        dots4(x, y, D, dot);
+    if (B >= 4)
+        return 4;
+    double s = 0.0;
+    for (int k = 0; k < D; k++)
+        s += (double)x[k] * y[k];
+    dot[0] = s;
+    return 1;
+}
+
 void ft_sum_squares(double *ss, const float *x, int B, int D)
 {
     /* ss (B), x (B, D) */
-    int i = 0;
-    for (; have_avx() && i + 16 <= B; i += 16)
-        dots16_avx(x + (size_t)i * D, x + (size_t)i * D, D, ss + i);
-    for (; i + 4 <= B; i += 4)
-        sum_squares4(x + (size_t)i * D, D, ss + i);
-    for (; i < B; i++) {
+    for (int i = 0; i < B;) {
         const float *r = x + (size_t)i * D;
-        double s = 0.0;
-        for (int k = 0; k < D; k++)
-            s += (double)r[k] * r[k];
-        ss[i] = s;
+        i += dots_block(ss + i, r, r, B - i, D);
     }
 }
 
@@ -263,6 +604,7 @@ static void div_row(float *o, const float *x, float n, int D)
 void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, int D)
 {
     /* out (B, D), norms (B), inp (B, D) */
+    int wide = have_avx512();
     for (int i0 = 0; i0 < B; i0 += 64) {
         double ss[64];
         int nb = B - i0 < 64 ? B - i0 : 64;
@@ -273,20 +615,12 @@ void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, 
             if (!(n > L2_EPS))
                 n = L2_EPS;
             norms[i] = n;
-            div_row(out + (size_t)i * D, inp + (size_t)i * D, n, D);
+            if (wide)
+                div_row_avx512(out + (size_t)i * D, inp + (size_t)i * D, n, D);
+            else
+                div_row(out + (size_t)i * D, inp + (size_t)i * D, n, D);
         }
     }
-}
-
-/* <o_i, g_i> in double for rows i .. i + 3 (one sequential sum each, interleaved). */
-static void dots4(const float *o, const float *g, int D, double dot[4])
-{
-    double s[4] = {0.0, 0.0, 0.0, 0.0};
-    for (int k = 0; k < D; k++)
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++)
-            s[r] += (double)o[(size_t)r * D + k] * g[(size_t)r * D + k];
-    memcpy(dot, s, sizeof s);
 }
 
 /* d (D) = (g - o fdot) * inv, eight at a time (d may be g). */
@@ -309,29 +643,21 @@ static void l2_back_row(float *d, const float *g, const float *o, float fdot, fl
 void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, const float *norms,
                               int B, int D)
 {
-    /* dinp (B, D), dout (B, D), out (B, D), norms (B); the dots of a block (16 rows with AVX,
-     * else 4) are taken before its rows are written (dinp may be dout) */
-    int wide = have_avx();
+    /* dinp (B, D), dout (B, D), out (B, D), norms (B); the dots of a block (dots_block) are
+     * taken before its rows are written (dinp may be dout) */
+    int wide = have_avx512();
     for (int i0 = 0; i0 < B;) {
-        int nb = B - i0 < 4 ? B - i0 : 4;
         double dot[16];
         const float *g0 = dout + (size_t)i0 * D, *o0 = out + (size_t)i0 * D;
-        if (wide && B - i0 >= 16) {
-            nb = 16;
-            dots16_avx(o0, g0, D, dot);
-        } else if (nb == 4) {
-            dots4(o0, g0, D, dot);
-        }
-        for (int r = 0; nb < 4 && r < nb; r++) {
-            double s = 0.0;
-            for (int k = 0; k < D; k++)
-                s += (double)o0[(size_t)r * D + k] * g0[(size_t)r * D + k];
-            dot[r] = s;
-        }
+        int nb = dots_block(dot, o0, g0, B - i0, D);
         for (int r = 0; r < nb; r++) {
             size_t off = (size_t)r * D;
-            l2_back_row(dinp + (size_t)i0 * D + off, g0 + off, o0 + off, (float)dot[r],
-                        1.0f / norms[i0 + r], D);
+            float *d = dinp + (size_t)i0 * D + off;
+            float fdot = (float)dot[r], inv = 1.0f / norms[i0 + r];
+            if (wide)
+                l2_back_row_avx512(d, g0 + off, o0 + off, fdot, inv, D);
+            else
+                l2_back_row(d, g0 + off, o0 + off, fdot, inv, D);
         }
         i0 += nb;
     }

@@ -27,13 +27,17 @@ void ft_relu_forward(float *out, const float *inp, size_t N);
 void ft_relu_backward(float *dinp, const float *dout, const float *inp, size_t N);
 
 /* ss (B) = the sum of squares of each row of x (B, D), in double, summed in order k = 0 .. D-1
- * (the rows are interleaved for speed; the sums are those of a plain loop). */
+ * (rows interleaved for speed, with AVX-512 or AVX 16 or 8 at a time, a row per vector lane;
+ * the sums are bitwise those of a plain loop: s += (double)x_k * x_k, no FMA). */
 void ft_sum_squares(double *ss, const float *x, int B, int D);
 
 /* Row-wise L2 normalisation, F.normalize(p=2, dim=1, eps=1e-12):
- * out (B, D) = inp / max(||inp_i||, eps); norms (B) saves max(||inp_i||, eps) for backward. */
+ * out (B, D) = inp / max(||inp_i||, eps); norms (B) saves max(||inp_i||, eps) for backward.
+ * ||inp_i|| is (float)sqrt of ft_sum_squares; out a float division on every path. */
 void ft_l2_normalize_forward(float *out, float *norms, const float *inp, int B, int D);
-/* dinp_i (B, D) = (dout_i - out_i <out_i, dout_i>) / norms_i (written; may alias dout). */
+/* dinp_i (B, D) = (dout_i - out_i <out_i, dout_i>) / norms_i (written; may alias dout); in
+ * float as (dout - out fdot) * (1 / norms_i), fdot the dot's sequential double sum (as
+ * ft_sum_squares) rounded to float, on every path. */
 void ft_l2_normalize_backward(float *dinp, const float *dout, const float *out, const float *norms,
                               int B, int D);
 
@@ -163,9 +167,12 @@ void ft_flatten_backward(float *dinp, const float *dout, size_t N);
 
 /* ---- for tests ---- */
 
-/* on = 1: every kernel takes its portable scalar path, not the AVX/AVX2 one chosen at run time
- * (the results are bitwise the same; tests compare the two). Not thread-safe: set it while no
- * kernel runs. */
+/* on = 1: every kernel takes its portable scalar path, not the AVX/AVX2/AVX-512 one chosen at
+ * run time (the results are bitwise the same; tests compare them). Not thread-safe: set it
+ * while no kernel runs. */
 void ft_nn_force_scalar(int on);
+/* on = 1: no AVX-512 path; those of AVX and AVX2 are still chosen (tests: the paths of machines
+ * without AVX-512). Not thread-safe, as above. */
+void ft_nn_force_no_avx512(int on);
 
 #endif

@@ -1,8 +1,9 @@
 /* test_layers.c — the layer kernels of nn.h beyond linear/relu/l2 (gelu, tanh, sigmoid, batch
  * norm, layer norm, dropout, conv2d, max/avg/global pooling, flatten) against their PyTorch
  * fixtures (tests/fixtures/torch/README.md) and against central finite differences in double
- * of independent double reference implementations on tiny shapes; and the AVX/AVX2 paths of
- * batch norm, max pooling and sum_squares bitwise against their scalar paths. */
+ * of independent double reference implementations on tiny shapes; and the SIMD paths bitwise
+ * against the scalar ones: AVX2 of batch norm and max pooling, AVX and AVX-512 of sum_squares
+ * and l2_normalize, AVX-512 of relu and the linear bias gradient. */
 #include "nn.h"
 #include "rng.h"
 #include "support/fixture.h"
@@ -951,20 +952,197 @@ Test(maxpool2d, simd_matches_scalar_bitwise)
     }
 }
 
+/* ---- every path of the mlp's per-step kernels against the scalar one, bitwise ----
+ * sum_squares, l2_normalize, relu and the linear bias gradient have AVX-512F paths, and the
+ * first two an AVX one under them (machines without AVX-512): each is run on path 0 (scalar),
+ * 1 (AVX/AVX2: ft_nn_force_no_avx512) and 2 (the widest), and paths 1 and 2 must give the bits
+ * of path 0. Shapes leave tails of every kind: rows not a multiple of 16 or 8 and fewer than 8,
+ * columns not a multiple of 16 or 8 and fewer than 8. */
+
+enum { PATH_SCALAR, PATH_AVX, PATH_WIDEST, PATHS };
+
+static void set_path(int path)
+{
+    ft_nn_force_scalar(path == PATH_SCALAR);
+    ft_nn_force_no_avx512(path == PATH_AVX);
+}
+
+/* What wide_floats mixes in: nothing; -0, infinities of both signs (the only NaN that can
+ * result is the default one) and huge and subnormal values; or -0, subnormals, NaN and values
+ * large but not so large that an infinity can result (x / 1e-12, the norm of a row with NaN):
+ * one NaN kind, as where two different NaNs meet, the instruction's operand order decides which
+ * comes out, and for the scalar code that is the compiler's choice. */
+enum special { SP_NONE, SP_INF, SP_NAN };
+
+/* n floats r 2^e, r uniform in [-1, 1), e in [-20, 20] (sums of them round differently in any
+ * other order); about one in eight is a special value instead. */
+static float *wide_floats(struct ft_rng *rng, size_t n, enum special sp)
+{
+    static const float inf_set[] = {-0.0f, INFINITY, -INFINITY, 1e30f, -3e38f, 1e-40f};
+    static const float nan_set[] = {-0.0f, NAN, 1e20f, -1e25f, 1e-40f, 0.0f};
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = ldexpf((float)(2.0 * ft_rng_uniform(rng) - 1.0), (int)ft_rng_below(rng, 41) - 20);
+        if (sp != SP_NONE && ft_rng_below(rng, 8) == 0)
+            v[i] = (sp == SP_INF ? inf_set : nan_set)[ft_rng_below(rng, 6)];
+    }
+    return v;
+}
+
+static const int rows_cases[] = {1, 3, 4, 7, 8, 9, 15, 16, 17, 23, 24, 31, 40, 130};
+static const int cols_cases[] = {1, 2, 7, 8, 9, 13, 16, 24, 31, 64, 128, 131};
+#define NCASES(a) (sizeof a / sizeof *a)
+
 Test(sum_squares, simd_matches_scalar_bitwise)
 {
-    static const int shapes[][2] = {{1, 5}, {4, 3}, {16, 1}, {17, 13}, {37, 9}, {33, 64}};
     struct ft_rng rng;
     ft_rng_seed(&rng, 94);
-    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++) {
-        int B = shapes[t][0], D = shapes[t][1];
-        float *x = random_floats(&rng, (size_t)B * D, 3.0);
-        double ss[2][40];
-        for (int scalar = 0; scalar < 2; scalar++) {
-            ft_nn_force_scalar(scalar);
-            ft_sum_squares(ss[scalar], x, B, D);
+    for (size_t t = 0; t < NCASES(rows_cases) * NCASES(cols_cases); t++)
+        for (int sp = SP_NONE; sp <= SP_NAN; sp++) {
+            int B = rows_cases[t / NCASES(cols_cases)], D = cols_cases[t % NCASES(cols_cases)];
+            float *x = wide_floats(&rng, (size_t)B * D, sp);
+            double ss[PATHS][130];
+            for (int path = 0; path < PATHS; path++) {
+                set_path(path);
+                ft_sum_squares(ss[path], x, B, D);
+            }
+            set_path(PATH_WIDEST);
+            char what[64];
+            snprintf(what, sizeof what, "sum_squares B=%d D=%d special=%d", B, D, sp);
+            assert_same_bits(ss[PATH_AVX], ss[PATH_SCALAR], 2 * (size_t)B, what);
+            assert_same_bits(ss[PATH_WIDEST], ss[PATH_SCALAR], 2 * (size_t)B, what);
+            free(x);
         }
-        assert_same_bits(ss[0], ss[1], 2 * (size_t)B, "sum_squares");
-        free(x);
-    }
+}
+
+/* l2_normalize forward and backward (into dinp, and in place) on one path: out (B, D), norms
+ * (B), dinp (B, D), in-place dinp (B, D) in one new buffer (free). The backward takes out0 and
+ * norms0 (the scalar path's forward), so that each kernel is compared on the same inputs. */
+static float *l2_all_outputs(const float *x, const float *dout, const float *out0,
+                             const float *norms0, int B, int D)
+{
+    size_t n = (size_t)B * D;
+    float *all = zeros(3 * n + (size_t)B);
+    float *out = all, *norms = all + n, *dx = norms + B, *inplace = dx + n;
+    ft_l2_normalize_forward(out, norms, x, B, D);
+    ft_l2_normalize_backward(dx, dout, out0 ? out0 : out, norms0 ? norms0 : norms, B, D);
+    memcpy(inplace, dout, n * sizeof *inplace);
+    ft_l2_normalize_backward(inplace, inplace, out0 ? out0 : out, norms0 ? norms0 : norms, B, D);
+    return all;
+}
+
+/* Each row of dout has 2^60 and -2^60 where the row of x has two equal values: their products
+ * with out cancel exactly and the terms between are absorbed, so that the order of the
+ * backward's dot <out_i, dout_i> shows even after its rounding to float. */
+Test(l2_normalize, simd_matches_scalar_bitwise)
+{
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 96);
+    for (size_t t = 0; t < NCASES(rows_cases) * NCASES(cols_cases); t++)
+        for (int sp = SP_NONE; sp <= SP_NAN; sp++) {
+            int B = rows_cases[t / NCASES(cols_cases)], D = cols_cases[t % NCASES(cols_cases)];
+            size_t n = (size_t)B * D;
+            float *x = wide_floats(&rng, n, sp), *dout = wide_floats(&rng, n, sp);
+            for (int i = 0; D >= 2 && i < B; i++) { /* an exactly cancelling pair, see above */
+                size_t k1 = ft_rng_below(&rng, (uint64_t)D - 1);
+                size_t k2 = k1 + 1 + ft_rng_below(&rng, (uint64_t)D - 1 - k1);
+                x[(size_t)i * D + k2] = x[(size_t)i * D + k1];
+                dout[(size_t)i * D + k1] = 0x1p60f;
+                dout[(size_t)i * D + k2] = -0x1p60f;
+            }
+            if (B > 2) /* a zero row: its norm is the eps */
+                memset(x + (size_t)(B / 2) * D, 0, (size_t)D * sizeof *x);
+            set_path(PATH_SCALAR);
+            float *want = l2_all_outputs(x, dout, NULL, NULL, B, D);
+            for (int path = PATH_AVX; path < PATHS; path++) {
+                set_path(path);
+                float *got = l2_all_outputs(x, dout, want, want + n, B, D);
+                char what[80];
+                snprintf(what, sizeof what, "l2_normalize B=%d D=%d special=%d path=%d", B, D, sp,
+                         path);
+                assert_same_bits(got, want, 3 * n + (size_t)B, what);
+                free(got);
+            }
+            set_path(PATH_WIDEST);
+            free(x), free(dout), free(want);
+        }
+}
+
+/* relu forward and backward (into new buffers, and in place) on one path: 4 n floats in one new
+ * buffer (free). */
+static float *relu_all_outputs(const float *x, const float *dout, size_t n)
+{
+    float *all = zeros(4 * n);
+    ft_relu_forward(all, x, n);
+    memcpy(all + n, x, n * sizeof *all);
+    ft_relu_forward(all + n, all + n, n);
+    ft_relu_backward(all + 2 * n, dout, x, n);
+    memcpy(all + 3 * n, dout, n * sizeof *all);
+    ft_relu_backward(all + 3 * n, all + 3 * n, x, n);
+    return all;
+}
+
+/* Ties at 0 of both signs, infinities, NaNs of both signs and one with a payload (kept as they
+ * are: relu moves bits, it does no arithmetic), subnormals. */
+Test(relu, simd_matches_scalar_bitwise)
+{
+    static const size_t sizes[] = {1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 100, 1000, 32771};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 97);
+    for (size_t t = 0; t < NCASES(sizes); t++)
+        for (int special = 0; special < 2; special++) {
+            size_t n = sizes[t];
+            float *x = tie_floats(&rng, n, special), *dout = tie_floats(&rng, n, special);
+            for (size_t i = 0; special && i < n; i += 7) {
+                uint32_t payload_nan = 0xffa00001u;
+                memcpy(&x[i], &payload_nan, sizeof x[i]);
+                x[(i * 3 + 1) % n] = (i % 2 ? -1.0f : 1.0f) * 1e-40f;
+            }
+            set_path(PATH_SCALAR);
+            float *want = relu_all_outputs(x, dout, n);
+            for (int path = PATH_AVX; path < PATHS; path++) {
+                set_path(path);
+                float *got = relu_all_outputs(x, dout, n);
+                char what[64];
+                snprintf(what, sizeof what, "relu n=%zu special=%d path=%d", n, special, path);
+                assert_same_bits(got, want, 4 * n, what);
+                free(got);
+            }
+            set_path(PATH_WIDEST);
+            free(x), free(dout), free(want);
+        }
+}
+
+/* The bias gradient db (OC) += column sums of dout (B, OC), each summed row by row in float:
+ * OC leaves tails after blocks of 256, 128, 32 and 16 columns. */
+Test(linear, bias_gradient_simd_matches_scalar_bitwise)
+{
+    static const int rows[] = {1, 5, 128};
+    static const int cols[] = {1, 7, 16, 17, 33, 100, 128, 130, 256, 300, 431, 600};
+    struct ft_rng rng;
+    ft_rng_seed(&rng, 98);
+    for (size_t t = 0; t < NCASES(rows) * NCASES(cols); t++)
+        for (int sp = SP_NONE; sp <= SP_NAN; sp++) {
+            int B = rows[t / NCASES(cols)], OC = cols[t % NCASES(cols)], C = 3;
+            float *dout = wide_floats(&rng, (size_t)B * OC, sp);
+            float *inp = random_floats(&rng, (size_t)B * C, 1.0);
+            float *w = random_floats(&rng, (size_t)OC * C, 1.0), *dw = zeros((size_t)OC * C);
+            float *db[PATHS];
+            for (int path = 0; path < PATHS; path++) {
+                set_path(path);
+                db[path] = zeros((size_t)OC);
+                for (int o = 0; o < OC; o++)
+                    db[path][o] = 0.25f * (float)o; /* backward accumulates */
+                ft_linear_backward(NULL, dw, db[path], dout, inp, w, B, C, OC);
+            }
+            set_path(PATH_WIDEST);
+            char what[64];
+            snprintf(what, sizeof what, "linear db B=%d OC=%d special=%d", B, OC, sp);
+            assert_same_bits(db[PATH_AVX], db[PATH_SCALAR], (size_t)OC, what);
+            assert_same_bits(db[PATH_WIDEST], db[PATH_SCALAR], (size_t)OC, what);
+            for (int path = 0; path < PATHS; path++)
+                free(db[path]);
+            free(dout), free(inp), free(w), free(dw);
+        }
 }

@@ -1,6 +1,7 @@
 /* test_nn.c — the linear, relu and l2_normalize kernels (and the mlp_encoder kernel chain)
  * against the PyTorch fixtures and central finite differences in double on independent double
- * reference implementations. The other kernels: test_layers.c; the models: test_model.c. */
+ * reference implementations. The other kernels, and the SIMD paths of these bitwise against
+ * their scalar ones: test_layers.c; the models: test_model.c. */
 #include "nn.h"
 #include "rng.h"
 #include "support/fixture.h"
